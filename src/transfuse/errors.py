@@ -1,0 +1,21 @@
+"""Errors a user can fix from the command line.
+
+The CLI prints these as one line (no traceback): the message must say what was wrong and what to do.
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+
+class TransfuseError(Exception):
+    """Base class for errors caused by input (config, data, weights, run ids) rather than by a bug."""
+
+
+class ConfigError(TransfuseError):
+    """A combination of config values that cannot work."""
+
+
+class DataError(TransfuseError):
+    """A dataset is missing, unreadable or inconsistent."""
+
+
+class WeightsError(TransfuseError):
+    """Initial weights cannot be found or do not fit the model."""

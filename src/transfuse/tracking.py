@@ -1,0 +1,166 @@
+"""One MLflow run per task: config, tags, lineage, checkpoints, and a status that is never left RUNNING.
+
+Lightning's ``MLFlowLogger`` is used only to send metrics into a run this module owns: it would otherwise end
+the run after ``fit`` (before ``test``) and upload checkpoints with ``log_model``, which fails on SQLite
+stores (Lightning issue 19441).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow import MlflowClient
+from mlflow.entities import Param, RunStatus
+from omegaconf import DictConfig, OmegaConf
+
+from transfuse.weights import Checkpoint, LoadReport
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000
+
+
+class RunLogger(MLFlowLogger):
+    """Logs metrics into an existing run and leaves ending it to :func:`tracked_run`."""
+
+    def finalize(self, status: str = "success") -> None:
+        if self._initialized:
+            mlflow.flush_async_logging()
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b.c": "value"}`` with values cut to MLflow's parameter length.
+
+    >>> flatten({"optimizer": {"lr": 0.1}, "tags": ["a", "b"]})
+    {'optimizer.lr': '0.1', 'tags': "['a', 'b']"}
+    """
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def git_commit() -> str:
+    """Commit of the transfuse checkout (``+dirty`` with uncommitted changes), or ``unknown``."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def hydra_tags() -> dict[str, str]:
+    """Overrides and, in multirun, the sweep id and job number of the current Hydra job (if any)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    tags = {"overrides": " ".join(hc.overrides.task)}
+    if hc.mode == RunMode.MULTIRUN:
+        tags["sweep_id"] = str(hc.sweep.dir)
+        tags["sweep_job"] = str(hc.job.num)
+    return tags
+
+
+class TrackedRun:
+    """An open MLflow run, with the helpers the training flow calls."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str) -> None:
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+
+    def logger(self, **kwargs: Any) -> RunLogger:
+        return RunLogger(tracking_uri=self.client.tracking_uri, run_id=self.run_id, **kwargs)
+
+    def log_config(self, cfg: DictConfig) -> None:
+        """Resolved config as parameters and as ``config.yaml``."""
+        container = OmegaConf.to_container(cfg, resolve=True)
+        params = [Param(k, v) for k, v in flatten(container).items()]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
+        self.client.log_text(self.run_id, OmegaConf.to_yaml(container), "config.yaml")
+
+    def log_source(self, checkpoint: Checkpoint, report: LoadReport) -> None:
+        """Record the weights a run started from, linking to the source run when there is one."""
+        self.client.set_tag(self.run_id, "init.source", checkpoint.source)
+        self.client.set_tag(self.run_id, "init.head_reinitialised", str(report.head_reinitialised).lower())
+        self.client.log_metric(self.run_id, "init/missing_keys", len(report.missing))
+        self.client.log_metric(self.run_id, "init/unexpected_keys", len(report.unexpected))
+        if checkpoint.run_id:
+            source = self.client.get_run(checkpoint.run_id)
+            self.client.set_tag(self.run_id, "source_run_id", checkpoint.run_id)
+            link = f"#/experiments/{source.info.experiment_id}/runs/{checkpoint.run_id}"
+            self.client.set_tag(self.run_id, "mlflow.note.content",
+                                f"Initialised from run [{source.info.run_name}]({link}) (`{checkpoint.source}`).")
+
+    def log_checkpoints(self, callback: ModelCheckpoint | None) -> None:
+        """Upload the best and last checkpoints as ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``."""
+        if callback is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, path in (("best", callback.best_model_path), ("last", callback.last_model_path)):
+                if path and Path(path).is_file():
+                    target = Path(tmp) / f"{name}.ckpt"
+                    shutil.copyfile(path, target)
+                    self.client.log_artifact(self.run_id, str(target), "checkpoints")
+        if callback.best_model_score is not None:
+            self.client.log_metric(self.run_id, f"{callback.monitor}_best", float(callback.best_model_score))
+
+
+@contextmanager
+def tracked_run(
+    tracking_uri: str, experiment_name: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[TrackedRun]:
+    """Open a run and always close it: FINISHED on success, FAILED (with the error as a tag) otherwise."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        experiment_id = client.create_experiment(experiment_name)
+    elif experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    commit = git_commit()
+    all_tags = {
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "command": shlex.join(sys.argv),
+        **hydra_tags(),
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run_id = run.info.run_id
+    log.info("MLflow run %s (%s) in experiment %r at %s", run_id, run_name, experiment_name, tracking_uri)
+    try:
+        yield TrackedRun(client, run_id, experiment_id)
+    except BaseException as err:
+        status = RunStatus.to_string(RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED)
+        try:
+            mlflow.flush_async_logging()
+            client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:MAX_PARAM_LENGTH])
+        finally:
+            client.set_terminated(run_id, status)
+        raise
+    mlflow.flush_async_logging()
+    client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,89 @@
+"""``transfuse-train``: compose the config, build the parts, fit/test with Lightning, track in MLflow.
+
+Every stage (``pretrain``, ``finetune``, ``evaluate``) runs through the same straight flow; a stage config
+only switches its steps on or off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from transfuse import weights
+from transfuse.config import CONF_DIR, register_resolvers
+from transfuse.errors import ConfigError, TransfuseError
+from transfuse.tracking import tracked_run
+
+log = logging.getLogger("transfuse")
+register_resolvers()
+
+
+def build_model(cfg: DictConfig, class_names: list[str]) -> L.LightningModule:
+    """Instantiate backbone, head, optimiser, scheduler and strategy, and join them in ``cfg.model``."""
+    backbone = instantiate(cfg.backbone)
+    head = instantiate(cfg.head, in_features=backbone.num_features, num_classes=len(class_names))
+    return instantiate(
+        cfg.model,
+        _convert_="object",
+        backbone=backbone,
+        head=head,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        finetune=instantiate(cfg.finetune),
+        class_names=class_names,
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one stage and return its final metrics (``val/*``, ``test/*``, ``val/acc_best``...)."""
+    if cfg.stage.requires_weights and str(cfg.init.weights).lower() in ("none", "null", ""):
+        raise ConfigError(f"stage={cfg.tags.stage} needs init.weights=<source> (a run, a query, a file or timm)")
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg, datamodule.class_names)
+    with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, cfg.tags) as run:
+        run.log_config(cfg)
+        source = weights.resolve(cfg.init.weights, run.client, model.backbone)
+        if source is not None:
+            run.log_source(source, weights.load_into(model, source, datamodule.class_names, cfg.stage.on_head_mismatch))
+        callbacks: list[Callback] = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
+        trainer = instantiate(cfg.trainer, logger=run.logger(**cfg.logger.metrics), callbacks=callbacks)
+        if cfg.stage.fit:
+            trainer.fit(model, datamodule=datamodule)
+            run.log_checkpoints(trainer.checkpoint_callback)
+        if cfg.stage.test:
+            best = trainer.checkpoint_callback is not None and bool(trainer.checkpoint_callback.best_model_path)
+            trainer.test(model, datamodule=datamodule, ckpt_path="best" if cfg.stage.fit and best else None)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:
+            metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(trainer.checkpoint_callback.best_model_score)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.stage.return_metric`` for sweepers (NaN when the run has none)."""
+    if cfg.get("print_config"):
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        metrics = train(cfg)
+    except TransfuseError as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(f"transfuse-train: error: {err}")
+    value = metrics.get(cfg.stage.return_metric, math.nan)
+    log.info("%s = %.4f", cfg.stage.return_metric, value)
+    return value
+
+
+if __name__ == "__main__":
+    main()

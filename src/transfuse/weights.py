@@ -1,0 +1,180 @@
+"""Where initial weights come from (``init.weights``) and how they are put into a model.
+
+Sources: ``none``; ``timm`` (hub weights for the backbone); a local ``.pth``/``.pt``/``.safetensors``/``.ckpt``
+file; ``runs:/<run_id>[/<artifact>]`` (a checkpoint of an MLflow run, ``checkpoints/best.ckpt`` by default); or
+an MLflow filter such as ``tags.stage = 'pretrain' and tags.data = 'mnist5k'``, which picks the newest
+FINISHED run that matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from torch import Tensor, nn
+
+from transfuse.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARTIFACT = "checkpoints/best.ckpt"
+FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+_FILTER_SYNTAX = re.compile(r"(=|<|>|\bLIKE\b|\bILIKE\b|\bIN\b)", re.IGNORECASE)
+BACKBONE_PREFIX = "backbone.model."
+HEAD_PREFIX = "head."
+
+
+@dataclass
+class Checkpoint:
+    """Weights to start from, with what is known about where they came from."""
+
+    state_dict: dict[str, Tensor]
+    source: str
+    class_names: list[str] | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class LoadReport:
+    """What loading did: reported in the log and recorded on the run."""
+
+    loaded: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    head_reinitialised: bool = False
+
+
+def read_file(path: str | Path) -> tuple[dict[str, Tensor], list[str] | None]:
+    """Read a state dict (and saved class names, for transfuse checkpoints) from a weights file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path)), None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"cannot read weights from {path}: {err}") from None
+    if isinstance(obj, dict) and "state_dict" in obj:  # Lightning checkpoint
+        class_names = obj.get("transfuse", {}).get("class_names")
+        return obj["state_dict"], class_names
+    if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return obj, None
+    raise WeightsError(f"{path} holds no state dict (expected a tensor dict or a Lightning checkpoint)")
+
+
+def _run_checkpoint(client: MlflowClient, run_id: str, artifact: str) -> Checkpoint:
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise WeightsError(f"no MLflow run with id {run_id!r} in {client.tracking_uri}") from None
+    directory = tempfile.mkdtemp(prefix="transfuse-weights-")
+    try:
+        local = client.download_artifacts(run_id, artifact, directory)
+    except (MlflowException, OSError):
+        raise WeightsError(f"run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact {artifact!r}; "
+                           "only runs that trained log checkpoints") from None
+    state, class_names = read_file(local)
+    return Checkpoint(state, f"runs:/{run_id}/{artifact}", class_names, run_id)
+
+
+def find_run(client: MlflowClient, query: str) -> str:
+    """Id of the newest FINISHED run in any experiment that matches an MLflow filter string."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    try:
+        runs = client.search_runs(
+            experiments, f"{query} and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    except MlflowException as err:
+        raise WeightsError(f"invalid run query {query!r}: {err.message}") from None
+    if not runs:
+        raise WeightsError(f"no FINISHED run matches {query!r} in {client.tracking_uri}")
+    return runs[0].info.run_id
+
+
+def resolve(spec: str | None, client: MlflowClient, backbone: nn.Module) -> Checkpoint | None:
+    """Turn an ``init.weights`` value into weights keyed like the model (``backbone.model.*``, ``head.*``)."""
+    spec = "none" if spec is None else str(spec).strip()
+    if spec.lower() in ("none", "null", ""):
+        return None
+    if spec == "timm":
+        try:
+            hub_model = backbone.create(pretrained=True)
+        except Exception as err:
+            raise WeightsError(f"cannot fetch timm weights for {backbone.name!r} (offline or no pretrained "
+                               f"weights?): {err}") from None
+        return Checkpoint({BACKBONE_PREFIX + k: v for k, v in hub_model.state_dict().items()}, "timm")
+    if spec.startswith("runs:/"):
+        run_id, _, artifact = spec.removeprefix("runs:/").partition("/")
+        return _run_checkpoint(client, run_id, artifact or DEFAULT_ARTIFACT)
+    if spec.endswith(FILE_SUFFIXES) or Path(spec).expanduser().is_file():
+        state, class_names = read_file(spec)
+        return Checkpoint(state, str(Path(spec).expanduser().resolve()), class_names)
+    if _FILTER_SYNTAX.search(spec):
+        return _run_checkpoint(client, find_run(client, spec), DEFAULT_ARTIFACT)
+    raise WeightsError(f"cannot read init.weights={spec!r}: expected none, timm, a weights file, runs:/<run_id> "
+                       "or an MLflow filter such as \"tags.stage = 'pretrain'\"")
+
+
+def _as_model_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Plain timm state dicts (no ``backbone.``/``head.`` prefix) are taken as backbone weights."""
+    if any(k.startswith(("backbone.", HEAD_PREFIX)) for k in state):
+        return state
+    return {BACKBONE_PREFIX + k: v for k, v in state.items()}
+
+
+def load_into(
+    model: nn.Module, checkpoint: Checkpoint, class_names: list[str], on_head_mismatch: str = "reinit"
+) -> LoadReport:
+    """Copy checkpoint weights into ``model``; refuse shape mismatches outside a head whose classes changed.
+
+    Args:
+        model: a module with ``backbone`` and ``head`` children.
+        checkpoint: weights from :func:`resolve`.
+        class_names: the classes of the data the model will see.
+        on_head_mismatch: ``reinit`` keeps the model's fresh head when the class sets differ (fine-tuning to
+            new classes); ``error`` refuses (evaluation needs the head to match).
+    """
+    if on_head_mismatch not in ("reinit", "error"):
+        raise ValueError(f"on_head_mismatch must be 'reinit' or 'error', got {on_head_mismatch!r}")
+    state = _as_model_keys(checkpoint.state_dict)
+    own = model.state_dict()
+    head_keys = [k for k in state if k.startswith(HEAD_PREFIX)]
+    head_shapes_differ = any(k in own and own[k].shape != state[k].shape for k in head_keys)
+    names_differ = checkpoint.class_names is not None and list(checkpoint.class_names) != list(class_names)
+    reinit_head = bool(head_keys) and (head_shapes_differ or names_differ)
+    if reinit_head:
+        was = checkpoint.class_names or "a different number of classes"
+        if on_head_mismatch == "error":
+            raise WeightsError(f"checkpoint {checkpoint.source} was trained on classes {was}, but the data has "
+                               f"{class_names}; its head cannot be evaluated here")
+        log.warning("classes differ (checkpoint: %s, data: %s): the head is re-initialised", was, class_names)
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise WeightsError(f"checkpoint {checkpoint.source} does not fit the model; shape mismatch in "
+                           + "; ".join(mismatched))
+    backbone_keys = [k for k in own if k.startswith("backbone.")]
+    if backbone_keys and not any(k in state for k in backbone_keys):
+        raise WeightsError(f"checkpoint {checkpoint.source} shares no backbone tensor with the model "
+                           f"(first expected key: {backbone_keys[0]}); was it trained with another backbone?")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (reinit_head and k.startswith(HEAD_PREFIX))]
+    if missing:
+        log.warning("%d tensors not in the checkpoint keep their fresh values: %s", len(missing), missing[:20])
+    if result.unexpected_keys:
+        log.warning("%d checkpoint tensors unused by the model: %s", len(result.unexpected_keys),
+                    result.unexpected_keys[:20])
+    loaded = len(state) - len(result.unexpected_keys)
+    log.info("loaded %d tensors from %s", loaded, checkpoint.source)
+    return LoadReport(loaded, missing, list(result.unexpected_keys), reinit_head)
