@@ -1,0 +1,115 @@
+"""``transfuse-report``: a results table read back from MLflow, mean ± standard deviation over seeds.
+
+The table groups runs by config keys (``tags.method``, ``params.data.train_per_class``...) and aggregates one
+metric; it is what study READMEs show, so the numbers there come from the tracking store, not from logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+@dataclass
+class Group:
+    """One row of a results table: the runs sharing the same values of the grouping keys."""
+
+    key: tuple[str, ...]
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n - 1); NaN for a single run."""
+        return statistics.stdev(self.values) if self.n > 1 else math.nan
+
+    @property
+    def sem(self) -> float:
+        return self.std / math.sqrt(self.n) if self.n > 1 else math.nan
+
+
+def field(run: Run, key: str) -> str | float | None:
+    """``tags.x``, ``params.x``, ``metrics.x`` or ``attributes.x`` of a run."""
+    kind, _, name = key.partition(".")
+    source = {"tags": run.data.tags, "params": run.data.params, "metrics": run.data.metrics}.get(kind)
+    if source is not None:
+        return source.get(name)
+    if kind == "attributes":
+        return getattr(run.info, name, None)
+    raise ValueError(f"{key!r}: a key starts with tags., params., metrics. or attributes.")
+
+
+def fetch_runs(client: MlflowClient, experiments: Sequence[str], filter_string: str = "") -> list[Run]:
+    """FINISHED runs of the named experiments that match an MLflow filter."""
+    ids = []
+    for name in experiments:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise SystemExit(f"transfuse-report: error: no experiment named {name!r} in {client.tracking_uri}")
+        ids.append(experiment.experiment_id)
+    query = " and ".join(q for q in (filter_string, "attributes.status = 'FINISHED'") if q)
+    return client.search_runs(ids, query, max_results=50000)
+
+
+def summarise(runs: Sequence[Run], rows: Sequence[str], metric: str, order: Sequence[str] = ()) -> list[Group]:
+    """Group runs by ``rows`` and collect ``metric``; runs without the metric are left out."""
+    groups: dict[tuple[str, ...], list[float]] = {}
+    for run in runs:
+        value = run.data.metrics.get(metric)
+        if value is not None:
+            groups.setdefault(tuple(str(field(run, k)) for k in rows), []).append(value)
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted((Group(k, v) for k, v in groups.items()), key=lambda g: (rank.get(g.key[0], len(rank)), g.key))
+
+
+def markdown(groups: Sequence[Group], rows: Sequence[str], metric: str) -> str:
+    """A Markdown table of mean ± std (sample standard deviation over runs) and n; best mean in bold."""
+    best = max((g.mean for g in groups), default=math.nan)
+    lines = [f"| {' | '.join(rows)} | {metric} (mean ± std) | n |", "|" + "---|" * (len(rows) + 2)]
+    for g in groups:
+        cell = f"{g.mean:.4f} ± {g.std:.4f}" if g.n > 1 else f"{g.mean:.4f}"
+        lines.append(f"| {' | '.join(g.key)} | {f'**{cell}**' if g.mean == best else cell} | {g.n} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="transfuse-report", description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", action="append", required=True, help="MLflow experiment name (repeatable)")
+    parser.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.study_run = '20261124'\"")
+    parser.add_argument("--rows", default="tags.method", help="comma-separated grouping keys")
+    parser.add_argument("--metric", default="test/acc")
+    parser.add_argument("--order", default="", help="comma-separated order of the first key's values")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    args = parser.parse_args(argv)
+    rows = [k.strip() for k in args.rows.split(",") if k.strip()]
+    runs = fetch_runs(MlflowClient(args.tracking_uri), args.experiment, args.filter)
+    groups = summarise(runs, rows, args.metric, [o for o in args.order.split(",") if o])
+    if not groups:
+        raise SystemExit(f"transfuse-report: error: no FINISHED run with metric {args.metric!r} matches")
+    table = markdown(groups, rows, args.metric)
+    print(table)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

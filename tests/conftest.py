@@ -1,0 +1,51 @@
+"""Shared fixtures: compose the real configs offline, on CPU, with every artefact under a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from transfuse.config import CONF_DIR, register_resolvers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+register_resolvers()
+
+#: overrides that keep a real fit to a few seconds on two cores
+FAST = [
+    "data=synthetic",
+    "data.per_class=24",
+    "backbone=test_resnet",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def compose_config(overrides: list[str], root: Path) -> DictConfig:
+    """Compose ``conf/train.yaml`` as the CLI would, with outputs and the MLflow store under ``root``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"logger.tracking_uri=sqlite:///{root}/mlflow.db", *overrides],
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(root / "out")
+        cfg.hydra.runtime.cwd = str(root)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_config(*overrides)``: the composed config of one test, sharing one store per test."""
+    return lambda *overrides: compose_config(list(overrides), tmp_path)

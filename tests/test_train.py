@@ -1,0 +1,102 @@
+"""A real fit through the whole flow, read back from MLflow; weight sources and failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from tests.conftest import FAST
+from transfuse.errors import ConfigError, WeightsError
+from transfuse.train import build_model, train
+from transfuse.weights import read_file
+
+
+def _runs(cfg):
+    client = MlflowClient(cfg.logger.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture
+def pretrained(make_config):
+    """One real pretraining run on synthetic shapes; returns its config and MLflow run."""
+    cfg = make_config(*FAST)
+    metrics = train(cfg)
+    client, runs = _runs(cfg)
+    assert len(runs) == 1
+    return cfg, runs[0], metrics, client
+
+
+def test_pretrain_run_is_fully_tracked(pretrained, tmp_path):
+    cfg, run, metrics, client = pretrained
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.max_epochs"] == "2"
+    assert run.data.params["backbone.name"] == "test_resnet"
+    assert run.data.tags["stage"] == "pretrain" and run.data.tags["data"] == "synthetic"
+    assert run.data.tags["backbone"] == "test_resnet" and "command" in run.data.tags
+    for key in ("train/loss_epoch", "val/acc", "val/f1", "val/ece", "test/acc", "test/f1", "test/ece", "val/acc_best"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    # one val/acc point per epoch
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "checkpoints"} <= artifacts
+    checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
+    config_text = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert "test_resnet" in open(config_text).read()
+
+
+def _finetune_matches_source(make_config, client, run, weights_spec, tmp_path):
+    cfg = make_config(*FAST, "data=synthetic_target", "stage=finetune", f"init.weights={weights_spec}")
+    saved, _ = read_file(client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path)))
+    model = build_model(cfg, ["disk", "square", "triangle", "cross"])
+    from transfuse import weights
+
+    source = weights.resolve(cfg.init.weights, client, model.backbone)
+    assert source.run_id == run.info.run_id
+    weights.load_into(model, source, ["disk", "square", "triangle", "cross"])
+    loaded = model.state_dict()
+    for key, tensor in saved.items():
+        torch.testing.assert_close(loaded[key], tensor, rtol=0, atol=0)
+    return cfg
+
+
+def test_finetune_by_run_id_starts_from_saved_weights(pretrained, make_config, tmp_path):
+    _, run, _, client = pretrained
+    _finetune_matches_source(make_config, client, run, f"runs:/{run.info.run_id}", tmp_path)
+
+
+def test_finetune_by_query_starts_from_saved_weights_and_links_lineage(pretrained, make_config, tmp_path):
+    _, run, _, client = pretrained
+    query = "\"tags.stage = 'pretrain' and tags.data = 'synthetic'\""
+    cfg = _finetune_matches_source(make_config, client, run, query, tmp_path)
+    train(cfg)
+    _, runs = _runs(cfg)
+    finetune = runs[-1]
+    assert finetune.info.status == "FINISHED"
+    assert finetune.data.tags["source_run_id"] == run.info.run_id
+    assert finetune.data.tags["stage"] == "finetune"
+    assert run.info.run_id in finetune.data.tags["mlflow.note.content"]
+
+
+def test_unknown_run_id_fails_clearly_and_marks_run_failed(make_config):
+    cfg = make_config(*FAST, "stage=finetune", "init.weights=runs:/0123456789abcdef")
+    with pytest.raises(WeightsError, match="no MLflow run with id '0123456789abcdef'"):
+        train(cfg)
+    _, runs = _runs(cfg)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "WeightsError" in runs[0].data.tags["error"]
+
+
+def test_query_matching_nothing_fails_clearly(make_config):
+    cfg = make_config(*FAST, "stage=finetune", "init.weights=\"tags.stage = 'nothing-like-this'\"")
+    with pytest.raises(WeightsError, match="no FINISHED run matches"):
+        train(cfg)
+
+
+def test_finetune_without_weights_is_refused_before_any_run(make_config):
+    cfg = make_config(*FAST, "stage=finetune")
+    with pytest.raises(ConfigError, match="needs init.weights"):
+        train(cfg)
