@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,8 +34,9 @@ def compose_config(overrides: list[str], root: Path) -> DictConfig:
     """Compose ``conf/train.yaml`` as the CLI would, with outputs and the MLflow store under ``root``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"logger.tracking_uri=sqlite:///{root}/mlflow.db", *overrides],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=[f"logger.tracking_uri=sqlite:///{root}/mlflow.db", *overrides], return_hydra_config=True
+        )
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(root / "out")
         cfg.hydra.runtime.cwd = str(root)
@@ -43,6 +45,23 @@ def compose_config(overrides: list[str], root: Path) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised MLflow SQLite store; creating one runs every migration and takes seconds."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def tracking_uri(tmp_path: Path, _empty_store: Path) -> str:
+    """Each test gets its own copy of an empty store at ``tmp_path/mlflow.db``."""
+    shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from mlflow import MlflowClient
 
 from tests.conftest import FAST
@@ -29,7 +30,7 @@ def pretrained(make_config):
 
 
 def test_pretrain_run_is_fully_tracked(pretrained, tmp_path):
-    cfg, run, metrics, client = pretrained
+    _, run, metrics, client = pretrained
     assert run.info.status == "FINISHED"
     assert run.data.params["trainer.max_epochs"] == "2"
     assert run.data.params["backbone.name"] == "test_resnet"
@@ -45,7 +46,8 @@ def test_pretrain_run_is_fully_tracked(pretrained, tmp_path):
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
     config_text = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
-    assert "test_resnet" in open(config_text).read()
+    with open(config_text) as handle:
+        assert "name: test_resnet" in handle.read()
 
 
 def _finetune_matches_source(make_config, client, run, weights_spec, tmp_path):
@@ -98,5 +100,57 @@ def test_query_matching_nothing_fails_clearly(make_config):
 
 def test_finetune_without_weights_is_refused_before_any_run(make_config):
     cfg = make_config(*FAST, "stage=finetune")
-    with pytest.raises(ConfigError, match="needs init.weights"):
+    with pytest.raises(ConfigError, match=r"needs init\.weights"):
         train(cfg)
+
+
+def test_evaluate_reproduces_the_test_accuracy_of_the_source_run(pretrained, make_config):
+    _, run, _, client = pretrained
+    cfg = make_config(*FAST, "stage=evaluate", f"init.weights=runs:/{run.info.run_id}")
+    metrics = train(cfg)
+    # same data, same split, the same best checkpoint: the same test accuracy, and no training
+    assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)
+    _, runs = _runs(cfg)
+    evaluation = runs[-1]
+    assert evaluation.data.tags["stage"] == "evaluate"
+    assert "train/loss_epoch" not in evaluation.data.metrics
+    assert not client.list_artifacts(evaluation.info.run_id, "checkpoints")
+
+
+def test_evaluate_on_other_classes_is_refused(pretrained, make_config):
+    _, run, _, _ = pretrained
+    cfg = make_config(*FAST, "data.num_classes=3", "stage=evaluate", f"init.weights=runs:/{run.info.run_id}")
+    with pytest.raises(WeightsError, match="cannot be evaluated here"):
+        train(cfg)
+
+
+def test_linear_probe_trains_only_the_head(pretrained, make_config, tmp_path):
+    _, run, _, client = pretrained
+    cfg = make_config(*FAST, "stage=finetune", "finetune=linear_probe", f"init.weights=runs:/{run.info.run_id}")
+    train(cfg)
+    _, runs = _runs(cfg)
+    source, _ = read_file(client.download_artifacts(run.info.run_id, "checkpoints/last.ckpt", str(tmp_path / "a")))
+    probed, _ = read_file(client.download_artifacts(runs[-1].info.run_id, "checkpoints/last.ckpt", str(tmp_path / "b")))
+    backbone = [k for k in source if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone), "BatchNorm statistics must be checked too"
+    for key in backbone:
+        torch.testing.assert_close(probed[key], source[key], rtol=0, atol=0)
+    assert not torch.equal(probed["head.fc.weight"], source["head.fc.weight"])
+
+
+class Boom(Callback):
+    """Fails in the middle of the first epoch."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 1:
+            raise RuntimeError("boom in the middle of fit")
+
+
+def test_exception_mid_fit_leaves_the_run_failed(make_config):
+    cfg = make_config(*FAST, "+callbacks.boom._target_=tests.test_train.Boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    _, runs = _runs(cfg)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["error"] == "RuntimeError: boom in the middle of fit"
+    assert runs[0].info.end_time is not None

@@ -13,13 +13,15 @@ EXPERIMENTS_DIR = CONF_DIR.parent / "experiments"
 
 
 def timm_default(name: str, field: str):
-    """Read one field (``mean``, ``std``, ``input_size``...) of a timm model's default pretrained config.
+    """Read one field (``mean``, ``std``, ``image_size``...) of a timm model's default pretrained config.
 
     Lets a backbone preset follow ``backbone.name`` so that normalisation stays right for any model.
     Models without a pretrained config fall back to ImageNet statistics.
     """
     import timm
 
+    if field == "image_size":
+        return int(timm_default(name, "input_size")[-1])
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
         fallback = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "input_size": [3, 224, 224]}

@@ -61,8 +61,13 @@ def git_commit() -> str:
     repo = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
@@ -110,8 +115,11 @@ class TrackedRun:
             source = self.client.get_run(checkpoint.run_id)
             self.client.set_tag(self.run_id, "source_run_id", checkpoint.run_id)
             link = f"#/experiments/{source.info.experiment_id}/runs/{checkpoint.run_id}"
-            self.client.set_tag(self.run_id, "mlflow.note.content",
-                                f"Initialised from run [{source.info.run_name}]({link}) (`{checkpoint.source}`).")
+            self.client.set_tag(
+                self.run_id,
+                "mlflow.note.content",
+                f"Initialised from run [{source.info.run_name}]({link}) (`{checkpoint.source}`).",
+            )
 
     def log_checkpoints(self, callback: ModelCheckpoint | None) -> None:
         """Upload the best and last checkpoints as ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``."""

@@ -80,8 +80,10 @@ def _run_checkpoint(client: MlflowClient, run_id: str, artifact: str) -> Checkpo
     try:
         local = client.download_artifacts(run_id, artifact, directory)
     except (MlflowException, OSError):
-        raise WeightsError(f"run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact {artifact!r}; "
-                           "only runs that trained log checkpoints") from None
+        raise WeightsError(
+            f"run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact {artifact!r}; "
+            "only runs that trained log checkpoints"
+        ) from None
     state, class_names = read_file(local)
     return Checkpoint(state, f"runs:/{run_id}/{artifact}", class_names, run_id)
 
@@ -91,7 +93,9 @@ def find_run(client: MlflowClient, query: str) -> str:
     experiments = [e.experiment_id for e in client.search_experiments()]
     try:
         runs = client.search_runs(
-            experiments, f"{query} and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+            experiments,
+            f"{query} and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
             max_results=1,
         )
     except MlflowException as err:
@@ -110,8 +114,9 @@ def resolve(spec: str | None, client: MlflowClient, backbone: nn.Module) -> Chec
         try:
             hub_model = backbone.create(pretrained=True)
         except Exception as err:
-            raise WeightsError(f"cannot fetch timm weights for {backbone.name!r} (offline or no pretrained "
-                               f"weights?): {err}") from None
+            raise WeightsError(
+                f"cannot fetch timm weights for {backbone.name!r} (offline or no pretrained weights?): {err}"
+            ) from None
         return Checkpoint({BACKBONE_PREFIX + k: v for k, v in hub_model.state_dict().items()}, "timm")
     if spec.startswith("runs:/"):
         run_id, _, artifact = spec.removeprefix("runs:/").partition("/")
@@ -121,8 +126,10 @@ def resolve(spec: str | None, client: MlflowClient, backbone: nn.Module) -> Chec
         return Checkpoint(state, str(Path(spec).expanduser().resolve()), class_names)
     if _FILTER_SYNTAX.search(spec):
         return _run_checkpoint(client, find_run(client, spec), DEFAULT_ARTIFACT)
-    raise WeightsError(f"cannot read init.weights={spec!r}: expected none, timm, a weights file, runs:/<run_id> "
-                       "or an MLflow filter such as \"tags.stage = 'pretrain'\"")
+    raise WeightsError(
+        f"cannot read init.weights={spec!r}: expected none, timm, a weights file, runs:/<run_id> "
+        "or an MLflow filter such as \"tags.stage = 'pretrain'\""
+    )
 
 
 def _as_model_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -155,26 +162,35 @@ def load_into(
     if reinit_head:
         was = checkpoint.class_names or "a different number of classes"
         if on_head_mismatch == "error":
-            raise WeightsError(f"checkpoint {checkpoint.source} was trained on classes {was}, but the data has "
-                               f"{class_names}; its head cannot be evaluated here")
+            raise WeightsError(
+                f"checkpoint {checkpoint.source} was trained on classes {was}, but the data has "
+                f"{class_names}; its head cannot be evaluated here"
+            )
         log.warning("classes differ (checkpoint: %s, data: %s): the head is re-initialised", was, class_names)
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
     if mismatched:
-        raise WeightsError(f"checkpoint {checkpoint.source} does not fit the model; shape mismatch in "
-                           + "; ".join(mismatched))
+        raise WeightsError(
+            f"checkpoint {checkpoint.source} does not fit the model; shape mismatch in " + "; ".join(mismatched)
+        )
     backbone_keys = [k for k in own if k.startswith("backbone.")]
     if backbone_keys and not any(k in state for k in backbone_keys):
-        raise WeightsError(f"checkpoint {checkpoint.source} shares no backbone tensor with the model "
-                           f"(first expected key: {backbone_keys[0]}); was it trained with another backbone?")
+        raise WeightsError(
+            f"checkpoint {checkpoint.source} shares no backbone tensor with the model "
+            f"(first expected key: {backbone_keys[0]}); was it trained with another backbone?"
+        )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not (reinit_head and k.startswith(HEAD_PREFIX))]
     if missing:
         log.warning("%d tensors not in the checkpoint keep their fresh values: %s", len(missing), missing[:20])
     if result.unexpected_keys:
-        log.warning("%d checkpoint tensors unused by the model: %s", len(result.unexpected_keys),
-                    result.unexpected_keys[:20])
+        log.warning(
+            "%d checkpoint tensors unused by the model: %s", len(result.unexpected_keys), result.unexpected_keys[:20]
+        )
     loaded = len(state) - len(result.unexpected_keys)
     log.info("loaded %d tensors from %s", loaded, checkpoint.source)
     return LoadReport(loaded, missing, list(result.unexpected_keys), reinit_head)

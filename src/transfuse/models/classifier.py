@@ -76,6 +76,10 @@ class ImageClassifier(L.LightningModule):
             module.eval()
         return self
 
+    def on_train_start(self) -> None:
+        # Lightning keeps whatever train/eval modes it finds, so apply the frozen modules' eval mode here.
+        self.train()
+
     def _step(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection, split: str) -> Tensor:
         images, labels = batch
         logits = self(images)
@@ -100,7 +104,10 @@ class ImageClassifier(L.LightningModule):
         optimizer = self.optimizer_factory(trainable)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["transfuse"] = {"class_names": self.class_names}

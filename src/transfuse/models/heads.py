@@ -22,7 +22,9 @@ class MLPHead(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.0) -> None:
         super().__init__()
-        self.hidden = nn.Sequential(nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout))
+        self.hidden = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout)
+        )
         self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, features: Tensor) -> Tensor:
