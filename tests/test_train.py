@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from mlflow import MlflowClient
 
@@ -30,7 +34,7 @@ def pretrained(make_config):
 
 
 def test_pretrain_run_is_fully_tracked(pretrained, tmp_path):
-    _, run, metrics, client = pretrained
+    cfg, run, metrics, client = pretrained
     assert run.info.status == "FINISHED"
     assert run.data.params["trainer.max_epochs"] == "2"
     assert run.data.params["backbone.name"] == "test_resnet"
@@ -45,6 +49,17 @@ def test_pretrain_run_is_fully_tracked(pretrained, tmp_path):
     assert {"config.yaml", "checkpoints"} <= artifacts
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
+    # last.ckpt is the state at the end of fit, whichever epoch was best
+    last = torch.load(
+        client.download_artifacts(run.info.run_id, "checkpoints/last.ckpt", str(tmp_path / "last")), weights_only=False
+    )
+    datamodule = instantiate(cfg.data)
+    steps = math.ceil(len(datamodule.splits["train"]) / cfg.data.batch_size) * cfg.trainer.max_epochs
+    assert last["global_step"] == steps
+    assert "optimizer_states" in last
+    # artifacts sit beside the store, not in the directory the command ran in
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert not (Path.cwd() / "mlruns").exists()
     config_text = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
     with open(config_text) as handle:
         assert "name: test_resnet" in handle.read()
@@ -115,6 +130,10 @@ def test_evaluate_reproduces_the_test_accuracy_of_the_source_run(pretrained, mak
     assert evaluation.data.tags["stage"] == "evaluate"
     assert "train/loss_epoch" not in evaluation.data.metrics
     assert not client.list_artifacts(evaluation.info.run_id, "checkpoints")
+    # an evaluation has no checkpoint of its own, so it cannot be a source
+    cfg = make_config(*FAST, "stage=finetune", f"init.weights=runs:/{evaluation.info.run_id}")
+    with pytest.raises(WeightsError, match=r"has no artifact 'checkpoints/best\.ckpt'"):
+        train(cfg)
 
 
 def test_evaluate_on_other_classes_is_refused(pretrained, make_config):
@@ -129,7 +148,7 @@ def test_linear_probe_trains_only_the_head(pretrained, make_config, tmp_path):
     cfg = make_config(*FAST, "stage=finetune", "finetune=linear_probe", f"init.weights=runs:/{run.info.run_id}")
     train(cfg)
     _, runs = _runs(cfg)
-    source, _ = read_file(client.download_artifacts(run.info.run_id, "checkpoints/last.ckpt", str(tmp_path / "a")))
+    source, _ = read_file(client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path / "a")))
     probed, _ = read_file(client.download_artifacts(runs[-1].info.run_id, "checkpoints/last.ckpt", str(tmp_path / "b")))
     backbone = [k for k in source if k.startswith("backbone.")]
     assert any("running_mean" in k for k in backbone), "BatchNorm statistics must be checked too"

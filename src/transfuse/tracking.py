@@ -8,6 +8,8 @@ stores (Lightning issue 19441).
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus
@@ -36,8 +38,7 @@ class RunLogger(MLFlowLogger):
     """Logs metrics into an existing run and leaves ending it to :func:`tracked_run`."""
 
     def finalize(self, status: str = "success") -> None:
-        if self._initialized:
-            mlflow.flush_async_logging()
+        """Leave the run open: ``fit`` ends before ``test`` logs into the same run."""
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -121,18 +122,43 @@ class TrackedRun:
                 f"Initialised from run [{source.info.run_name}]({link}) (`{checkpoint.source}`).",
             )
 
-    def log_checkpoints(self, callback: ModelCheckpoint | None) -> None:
-        """Upload the best and last checkpoints as ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``."""
-        if callback is None:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, path in (("best", callback.best_model_path), ("last", callback.last_model_path)):
-                if path and Path(path).is_file():
-                    target = Path(tmp) / f"{name}.ckpt"
-                    shutil.copyfile(path, target)
-                    self.client.log_artifact(self.run_id, str(target), "checkpoints")
-        if callback.best_model_score is not None:
+    def log_checkpoints(self, trainer: Trainer, last: Path) -> None:
+        """Save the final state as ``last.ckpt`` and upload it with the best checkpoint under ``checkpoints/``.
+
+        The last checkpoint is written here rather than by ``ModelCheckpoint(save_last=True)``, which in
+        Lightning 2.6 only refreshes it in epochs that also produced a new best checkpoint.
+        """
+        last.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(last)
+        callback = trainer.checkpoint_callback
+        best = callback.best_model_path if callback is not None else ""
+        with tempfile.TemporaryDirectory() as staging:
+            for name, path in (("best.ckpt", best), ("last.ckpt", str(last))):
+                if path:
+                    _link_or_copy(Path(path), Path(staging) / name)
+            self.client.log_artifacts(self.run_id, staging, "checkpoints")
+        if callback is not None and callback.best_model_score is not None:
             self.client.log_metric(self.run_id, f"{callback.monitor}_best", float(callback.best_model_score))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Stage a checkpoint under a fixed name without copying its bytes when the filesystem allows."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
+    """For a SQLite store, keep artifacts in ``mlartifacts/`` beside the database file.
+
+    MLflow would otherwise put them in ``./mlruns`` of whatever directory the command ran in.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment_name)
+    return (database.parent / "mlartifacts" / slug).as_uri()
 
 
 @contextmanager
@@ -143,7 +169,7 @@ def tracked_run(
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        experiment_id = client.create_experiment(experiment_name)
+        experiment_id = client.create_experiment(experiment_name, artifact_location(tracking_uri, experiment_name))
     elif experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
         experiment_id = experiment.experiment_id
@@ -165,7 +191,7 @@ def tracked_run(
     except BaseException as err:
         status = RunStatus.to_string(RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED)
         try:
-            mlflow.flush_async_logging()
+            mlflow.flush_async_logging()  # metrics queued by an asynchronous logger land before the status
             client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:MAX_PARAM_LENGTH])
         finally:
             client.set_terminated(run_id, status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -59,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer = instantiate(cfg.trainer, logger=run.logger(**cfg.logger.metrics), callbacks=callbacks)
         if cfg.stage.fit:
             trainer.fit(model, datamodule=datamodule)
-            run.log_checkpoints(trainer.checkpoint_callback)
+            run.log_checkpoints(trainer, Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
         if cfg.stage.test:
             best = trainer.checkpoint_callback is not None and bool(trainer.checkpoint_callback.best_model_path)
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if cfg.stage.fit and best else None)

@@ -76,15 +76,15 @@ def _run_checkpoint(client: MlflowClient, run_id: str, artifact: str) -> Checkpo
         run = client.get_run(run_id)
     except MlflowException:
         raise WeightsError(f"no MLflow run with id {run_id!r} in {client.tracking_uri}") from None
-    directory = tempfile.mkdtemp(prefix="transfuse-weights-")
-    try:
-        local = client.download_artifacts(run_id, artifact, directory)
-    except (MlflowException, OSError):
-        raise WeightsError(
-            f"run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact {artifact!r}; "
-            "only runs that trained log checkpoints"
-        ) from None
-    state, class_names = read_file(local)
+    with tempfile.TemporaryDirectory(prefix="transfuse-weights-") as directory:
+        try:
+            local = client.download_artifacts(run_id, artifact, directory)
+        except (MlflowException, OSError):
+            raise WeightsError(
+                f"run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact {artifact!r}; "
+                "only runs that trained log checkpoints"
+            ) from None
+        state, class_names = read_file(local)
     return Checkpoint(state, f"runs:/{run_id}/{artifact}", class_names, run_id)
 
 

@@ -1,0 +1,55 @@
+"""The command line as a user types it: one-line errors, --cfg job, multirun into the default store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from tests.conftest import FAST
+
+TRAIN = [sys.executable, "-m", "transfuse.train"]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([*TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    result = _run([*FAST, "stage=finetune"], tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("transfuse-train: error: stage=finetune needs init.weights")
+
+
+def test_typo_in_a_key_names_the_key(tmp_path):
+    result = _run(["trainer.max_epoch=3"], tmp_path)
+    assert result.returncode != 0
+    assert "max_epoch" in result.stderr
+
+
+def test_cfg_job_prints_the_resolved_choice(tmp_path):
+    result = _run(["--cfg", "job", "backbone.name=test_vit", "data=digits"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: test_vit" in result.stdout
+    assert "_target_: transfuse.data.UCIDigits" in result.stdout
+
+
+def test_multirun_writes_one_finished_run_per_job_into_the_default_store(tmp_path, _empty_store):
+    shutil.copyfile(_empty_store, tmp_path / "mlflow.db")  # the default store is ./mlflow.db
+    result = _run(["-m", *FAST, "seed=0,1", "trainer.max_epochs=1", "logger.experiment_name=sweep"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["sweep_id"] for r in runs}) == 1
+    assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "1"]
+    assert all("seed=" in r.data.tags["overrides"] for r in runs)
+    assert (tmp_path / "multirun").is_dir()
