@@ -36,33 +36,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from mlflow import MlflowClient
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from torch import nn
 
-from transfuse.config import CONF_DIR
+from transfuse.config import compose_train_config
 from transfuse.train import train
 
 TARGET_RATIO = 1.10
-
-
-def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/train.yaml`` as the CLI would, with Hydra's runtime pointing at ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(output_dir.parent)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:...} in tags and paths
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def plain_loop(cfg: DictConfig, steps: int) -> float:
@@ -165,8 +146,6 @@ def main() -> None:
         per_epoch = len(instantiate(compose_train_config(base, root / "probe").data).train_dataloader())
         steps = args.steps or per_epoch
         tracking_uri = f"sqlite:///{root}/mlflow.db"
-        # created here so that checkpoints go to the temporary folder, not to ./mlruns (the SQLite default)
-        MlflowClient(tracking_uri).create_experiment("bench_overhead", artifact_location=(root / "artifacts").as_uri())
         overrides = [*base, *transfuse_overrides(tracking_uri, steps, per_epoch), *args.overrides]
         print(
             f"data={args.data} backbone={args.backbone} batch={args.batch_size} steps={steps} "

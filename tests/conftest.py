@@ -8,12 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from transfuse.config import CONF_DIR, register_resolvers
+from transfuse.config import compose_train_config, register_resolvers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -32,19 +29,7 @@ FAST = [
 
 def compose_config(overrides: list[str], root: Path) -> DictConfig:
     """Compose ``conf/train.yaml`` as the CLI would, with outputs and the MLflow store under ``root``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=[f"logger.tracking_uri=sqlite:///{root}/mlflow.db", *overrides], return_hydra_config=True
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(root / "out")
-        cfg.hydra.runtime.cwd = str(root)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_train_config([f"logger.tracking_uri=sqlite:///{root}/mlflow.db", *overrides], root / "out")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 #: ``conf/`` at the repository root (the package is installed in editable mode, see README).
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -36,3 +36,27 @@ def register_resolvers() -> None:
     """Register ``${timm:<model>,<field>}``; safe to call more than once."""
     if not OmegaConf.has_resolver("timm"):
         OmegaConf.register_new_resolver("timm", timm_default)
+
+
+def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/train.yaml`` outside the CLI (tests, benchmarks, notebooks) as ``transfuse-train`` would.
+
+    Hydra's runtime values that the configs interpolate (``output_dir``, ``cwd``, the group choices used as
+    tags) are filled in, then the ``hydra`` node is dropped as it is for a real job.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(output_dir.parent)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
