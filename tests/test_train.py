@@ -56,7 +56,7 @@ def test_pretrain_run_is_fully_tracked(pretrained, tmp_path):
     datamodule = instantiate(cfg.data)
     steps = math.ceil(len(datamodule.splits["train"]) / cfg.data.batch_size) * cfg.trainer.max_epochs
     assert last["global_step"] == steps
-    assert "optimizer_states" in last
+    assert "optimizer_states" not in last  # last_checkpoint=weights by default
     # artifacts sit beside the store, not in the directory the command ran in
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     assert not (Path.cwd() / "mlruns").exists()
@@ -163,6 +163,18 @@ class Boom(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx == 1:
             raise RuntimeError("boom in the middle of fit")
+
+
+def test_full_last_checkpoint_keeps_the_optimiser_and_none_uploads_only_best(make_config, tmp_path):
+    cfg = make_config(*FAST, "last_checkpoint=full", "trainer.max_epochs=1")
+    train(cfg)
+    client, runs = _runs(cfg)
+    last = client.download_artifacts(runs[-1].info.run_id, "checkpoints/last.ckpt", str(tmp_path / "full"))
+    assert "optimizer_states" in torch.load(last, weights_only=False)
+    cfg = make_config(*FAST, "last_checkpoint=none", "trainer.max_epochs=1")
+    train(cfg)
+    _, runs = _runs(cfg)
+    assert {a.path for a in client.list_artifacts(runs[-1].info.run_id, "checkpoints")} == {"checkpoints/best.ckpt"}
 
 
 def test_exception_mid_fit_leaves_the_run_failed(make_config):

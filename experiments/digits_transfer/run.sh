@@ -5,7 +5,9 @@
 set -euo pipefail
 STUDY_RUN=${STUDY_RUN:-$(date +%Y%m%d-%H%M%S)}
 SEEDS=${SEEDS:-0,1,2}
-COMMON="seed=$SEEDS study_run=$STUDY_RUN trainer.enable_progress_bar=false hydra/job_logging=none hydra/hydra_logging=none"
+# last_checkpoint=none: each run uploads only best.ckpt (45 MB for ResNet-18), enough to start later stages from
+COMMON="seed=$SEEDS study_run=$STUDY_RUN last_checkpoint=none trainer.enable_progress_bar=false"
+COMMON="$COMMON hydra/job_logging=none hydra/hydra_logging=none"
 
 # 1. source: pretrain on mnist5k, one model per seed
 transfuse-train -m experiment=digits_transfer/pretrain $COMMON

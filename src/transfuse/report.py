@@ -79,9 +79,9 @@ def summarise(runs: Sequence[Run], rows: Sequence[str], metric: str, order: Sequ
     return sorted((Group(k, v) for k, v in groups.items()), key=lambda g: (rank.get(g.key[0], len(rank)), g.key))
 
 
-def markdown(groups: Sequence[Group], rows: Sequence[str], metric: str) -> str:
+def markdown(groups: Sequence[Group], rows: Sequence[str], metric: str, lower_is_better: bool = False) -> str:
     """A Markdown table of mean ± std (sample standard deviation over runs) and n; best mean in bold."""
-    best = max((g.mean for g in groups), default=math.nan)
+    best = (min if lower_is_better else max)((g.mean for g in groups), default=math.nan)
     lines = [f"| {' | '.join(rows)} | {metric} (mean ± std) | n |", "|" + "---|" * (len(rows) + 2)]
     for g in groups:
         cell = f"{g.mean:.4f} ± {g.std:.4f}" if g.n > 1 else f"{g.mean:.4f}"
@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", default="tags.method", help="comma-separated grouping keys")
     parser.add_argument("--metric", default="test/acc")
     parser.add_argument("--order", default="", help="comma-separated order of the first key's values")
+    parser.add_argument("--lower-is-better", action="store_true", help="bold the smallest mean (loss, ECE)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
     args = parser.parse_args(argv)
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     groups = summarise(runs, rows, args.metric, [o for o in args.order.split(",") if o])
     if not groups:
         raise SystemExit(f"transfuse-report: error: no FINISHED run with metric {args.metric!r} matches")
-    table = markdown(groups, rows, args.metric)
+    table = markdown(groups, rows, args.metric, args.lower_is_better)
     print(table)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -122,18 +122,23 @@ class TrackedRun:
                 f"Initialised from run [{source.info.run_name}]({link}) (`{checkpoint.source}`).",
             )
 
-    def log_checkpoints(self, trainer: Trainer, last: Path) -> None:
-        """Save the final state as ``last.ckpt`` and upload it with the best checkpoint under ``checkpoints/``.
+    def log_checkpoints(self, trainer: Trainer, last: Path, last_mode: str = "weights") -> None:
+        """Upload the best checkpoint and the final state as ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``.
 
         The last checkpoint is written here rather than by ``ModelCheckpoint(save_last=True)``, which in
-        Lightning 2.6 only refreshes it in epochs that also produced a new best checkpoint.
+        Lightning 2.6 only refreshes it in epochs that also produced a new best checkpoint. ``last_mode`` is
+        ``full`` (with optimiser state, to resume), ``weights`` or ``none``.
         """
-        last.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(last)
+        if last_mode not in ("full", "weights", "none"):
+            raise ValueError(f"last checkpoint mode must be full, weights or none, got {last_mode!r}")
         callback = trainer.checkpoint_callback
-        best = callback.best_model_path if callback is not None else ""
+        staged = {"best.ckpt": callback.best_model_path if callback is not None else ""}
+        if last_mode != "none":
+            last.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(last, weights_only=last_mode == "weights")
+            staged["last.ckpt"] = str(last)
         with tempfile.TemporaryDirectory() as staging:
-            for name, path in (("best.ckpt", best), ("last.ckpt", str(last))):
+            for name, path in staged.items():
                 if path:
                     _link_or_copy(Path(path), Path(staging) / name)
             self.client.log_artifacts(self.run_id, staging, "checkpoints")

@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer = instantiate(cfg.trainer, logger=run.logger(**cfg.logger.metrics), callbacks=callbacks)
         if cfg.stage.fit:
             trainer.fit(model, datamodule=datamodule)
-            run.log_checkpoints(trainer, Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+            run.log_checkpoints(trainer, Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", cfg.last_checkpoint)
         if cfg.stage.test:
             best = trainer.checkpoint_callback is not None and bool(trainer.checkpoint_callback.best_model_path)
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if cfg.stage.fit and best else None)

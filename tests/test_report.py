@@ -1,0 +1,57 @@
+"""transfuse-report against a store filled with known values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow import MlflowClient
+
+from transfuse.report import fetch_runs, main, summarise
+
+
+@pytest.fixture
+def store(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("study")
+    values = {"scratch": [0.5, 0.7, 0.9], "full": [0.8, 0.9], "single": [0.6]}
+    for method, accuracies in values.items():
+        for seed, accuracy in enumerate(accuracies):
+            run = client.create_run(experiment, tags={"method": method, "seed": str(seed)})
+            client.log_metric(run.info.run_id, "test/acc", accuracy)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    failed = client.create_run(experiment, tags={"method": "full"})
+    client.log_metric(failed.info.run_id, "test/acc", 0.0)
+    client.set_terminated(failed.info.run_id, "FAILED")
+    return client
+
+
+def test_groups_aggregate_finished_runs_by_hand(store):
+    groups = {g.key: g for g in summarise(fetch_runs(store, ["study"]), ["tags.method"], "test/acc")}
+    scratch, full, single = groups[("scratch",)], groups[("full",)], groups[("single",)]
+    assert scratch.n == 3 and scratch.mean == pytest.approx(0.7)
+    assert scratch.std == pytest.approx(0.2)  # sqrt(((-.2)^2 + 0 + .2^2) / 2)
+    assert scratch.sem == pytest.approx(0.2 / math.sqrt(3))
+    assert full.n == 2 and full.mean == pytest.approx(0.85)  # the FAILED run's 0.0 is left out
+    assert full.std == pytest.approx(math.sqrt(0.005))
+    assert single.n == 1 and math.isnan(single.std)
+
+
+def test_cli_writes_markdown_in_the_requested_order_with_the_best_in_bold(store, tracking_uri, tmp_path, capsys):
+    out = tmp_path / "table.md"
+    argv = ["--experiment", "study", "--tracking-uri", tracking_uri, "--order", "scratch,full", "--markdown", str(out)]
+    main(argv)
+    lines = out.read_text().splitlines()
+    assert lines[2] == "| scratch | 0.7000 ± 0.2000 | 3 |"
+    assert lines[3] == "| full | **0.8500 ± 0.0707** | 2 |"
+    assert lines[4] == "| single | 0.6000 | 1 |"
+    assert capsys.readouterr().out.strip() == out.read_text().strip()
+    main([*argv, "--lower-is-better"])
+    assert "| single | **0.6000** | 1 |" in out.read_text()
+
+
+def test_filter_and_unknown_experiment(store, tracking_uri):
+    runs = fetch_runs(store, ["study"], "tags.method = 'full'")
+    assert len(runs) == 2
+    with pytest.raises(SystemExit, match="no experiment named 'nope'"):
+        main(["--experiment", "nope", "--tracking-uri", tracking_uri])
