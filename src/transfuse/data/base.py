@@ -1,0 +1,185 @@
+"""The in-memory image datamodule every dataset preset builds on.
+
+A preset only says how to load its images (``load``); splitting, few-label subsampling, batching and the
+device-side transforms live here once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from transfuse.data.splits import per_class_subset, stratified_split
+from transfuse.data.transforms import BatchTransform, RandomAffine
+from transfuse.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageTensors:
+    """Images as uint8 ``[N, C, H, W]`` and integer labels ``[N]``."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
+            raise DataError(f"expected images [N,C,H,W] and labels [N], got {tuple(self.images.shape)} and "
+                            f"{tuple(self.labels.shape)}")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Tensor) -> ImageTensors:
+        return ImageTensors(self.images[index], self.labels[index])
+
+
+class TensorBatches(Dataset):
+    """Serves whole batches by fancy indexing (``__getitems__``) instead of stacking single samples."""
+
+    def __init__(self, data: ImageTensors) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.data.images[i], self.data.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(indices)
+        return self.data.images[index], self.data.labels[index]
+
+
+def _keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return batch
+
+
+class InMemoryImageDataModule(L.LightningDataModule):
+    """Holds train/val/test as uint8 tensors and transforms batches on the device.
+
+    Args:
+        image_size: side of the square images the backbone receives.
+        channels: channels the backbone expects (grey images are repeated to RGB).
+        mean: normalisation mean per channel (usually the backbone's).
+        std: normalisation standard deviation per channel.
+        augment: a batch augmentation for training, or None.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation and test.
+        val_fraction: share of the training pool held out for validation when the dataset has no val split.
+        test_fraction: share held out for test when the dataset has no test split.
+        train_per_class: keep only this many labelled training images per class (few-label targets).
+        val_per_class: likewise for validation, so model selection sees as few labels as training.
+        split_seed: fixes which images are val and test; keep it constant to compare runs on the same test set.
+        subset_seed: fixes which training images survive ``train_per_class`` (usually the run's seed).
+        num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: RandomAffine | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        train_per_class: int | None = None,
+        val_per_class: int | None = None,
+        split_seed: int = 0,
+        subset_seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.transform = BatchTransform(image_size, channels, mean, std, augment)
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.train_per_class, self.val_per_class = train_per_class, val_per_class
+        self.split_seed, self.subset_seed = split_seed, subset_seed
+        self._splits: dict[str, ImageTensors] | None = None
+        self._class_names: list[str] = []
+
+    # --- what a preset provides -------------------------------------------------------------------------
+    def load(self) -> tuple[dict[str, ImageTensors], list[str]]:
+        """Return the splits the dataset defines (any of ``train``, ``val``, ``test``) and the class names."""
+        raise NotImplementedError
+
+    # --- shared behaviour -----------------------------------------------------------------------------------
+    @property
+    def splits(self) -> dict[str, ImageTensors]:
+        """The three splits, loaded and carved on first use (idempotent, so Lightning may call setup often)."""
+        if self._splits is None:
+            given, self._class_names = self.load()
+            self._splits = self._carve(given)
+            log.info("%s: %s", type(self).__name__, ", ".join(f"{k}={len(v)}" for k, v in self._splits.items()))
+        return self._splits
+
+    @property
+    def class_names(self) -> list[str]:
+        _ = self.splits
+        return list(self._class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _carve(self, given: dict[str, ImageTensors]) -> dict[str, ImageTensors]:
+        unknown = set(given) - set(SPLITS)
+        if unknown or "train" not in given:
+            raise DataError(f"a dataset must give a 'train' split and only {SPLITS}; got {sorted(given)}")
+        splits = dict(given)
+        if "test" not in splits:
+            rest, held = stratified_split(splits["train"].labels, self.test_fraction, self.split_seed)
+            splits["train"], splits["test"] = splits["train"].subset(rest), splits["train"].subset(held)
+        if "val" not in splits:
+            rest, held = stratified_split(splits["train"].labels, self.val_fraction, self.split_seed + 1)
+            splits["train"], splits["val"] = splits["train"].subset(rest), splits["train"].subset(held)
+        for name, per_class in (("train", self.train_per_class), ("val", self.val_per_class)):
+            if per_class is not None:
+                setting = f"{name}_per_class"
+                keep = per_class_subset(splits[name].labels, per_class, self.subset_seed, self._class_names, setting)
+                splits[name] = splits[name].subset(keep)
+        n = len(self._class_names)
+        for name, part in splits.items():
+            if len(part) and (part.labels.min() < 0 or part.labels.max() >= n):
+                raise DataError(f"{name} labels fall outside 0..{n - 1} for {n} class names")
+        return {k: splits[k] for k in SPLITS}
+
+    def setup(self, stage: str | None = None) -> None:
+        _ = self.splits
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            TensorBatches(self.splits[split]),
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_keep_batch,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.transform(images, train=training), labels
