@@ -33,8 +33,10 @@ class ImageTensors:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
-            raise DataError(f"expected images [N,C,H,W] and labels [N], got {tuple(self.images.shape)} and "
-                            f"{tuple(self.labels.shape)}")
+            raise DataError(
+                f"expected images [N,C,H,W] and labels [N], got {tuple(self.images.shape)} and "
+                f"{tuple(self.labels.shape)}"
+            )
         self.labels = self.labels.long()
 
     def __len__(self) -> int:

@@ -92,12 +92,16 @@ class ImageFolder(InMemoryImageDataModule):
         for split, classes in scanned.items():
             if split != "train" and set(classes) - set(class_names):
                 raise DataError(f"{split} has classes missing from train: {sorted(set(classes) - set(class_names))}")
-        files = [(split, path, class_names.index(c)) for split, cs in scanned.items() for c, ps in cs.items() for path in ps]
+        files = [
+            (split, path, class_names.index(c)) for split, cs in scanned.items() for c, ps in cs.items() for path in ps
+        ]
         channels = len(Image.new(self.mode, (1, 1)).getbands())
         gigabytes = len(files) * channels * self.load_size**2 / 1e9
         if gigabytes > self.max_memory_gb:
-            raise DataError(f"{len(files)} images at {self.load_size}px need {gigabytes:.1f} GB, above "
-                            f"data.max_memory_gb={self.max_memory_gb}; lower data.load_size or raise the limit")
+            raise DataError(
+                f"{len(files)} images at {self.load_size}px need {gigabytes:.1f} GB, above "
+                f"data.max_memory_gb={self.max_memory_gb}; lower data.load_size or raise the limit"
+            )
 
         def decode(item: tuple[str, Path, int]) -> np.ndarray | str:
             try:
@@ -111,8 +115,10 @@ class ImageFolder(InMemoryImageDataModule):
         if self.skipped:
             listing = "; ".join(f"{p} ({why})" for p, why in self.skipped)
             if self.on_corrupt == "error":
-                raise DataError(f"{len(self.skipped)} unreadable image(s) under {self.root}: {listing} "
-                                "(remove them or set data.on_corrupt=skip)")
+                raise DataError(
+                    f"{len(self.skipped)} unreadable image(s) under {self.root}: {listing} "
+                    "(remove them or set data.on_corrupt=skip)"
+                )
             log.warning("skipped %d of %d images that could not be read: %s", len(self.skipped), len(files), listing)
         splits = {}
         for split in scanned:

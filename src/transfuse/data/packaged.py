@@ -36,4 +36,6 @@ class UCIDigits(InMemoryImageDataModule):
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        return {"train": ImageTensors(_as_uint8_images(bunch.images, 8, 16.0), torch.from_numpy(bunch.target))}, DIGIT_CLASSES
+        return {
+            "train": ImageTensors(_as_uint8_images(bunch.images, 8, 16.0), torch.from_numpy(bunch.target))
+        }, DIGIT_CLASSES

@@ -24,7 +24,9 @@ def _shape_mask(name: str, u: Tensor, v: Tensor) -> Tensor:
         "disk": r - 1.0,
         "square": torch.maximum(u.abs(), v.abs()) - 0.85,
         "triangle": torch.maximum(v - 0.8, (-v * 0.5 + u.abs() * math.sqrt(3) / 2) - 0.4),
-        "cross": torch.minimum(torch.maximum(u.abs() - 0.3, v.abs() - 1.0), torch.maximum(u.abs() - 1.0, v.abs() - 0.3)),
+        "cross": torch.minimum(
+            torch.maximum(u.abs() - 0.3, v.abs() - 1.0), torch.maximum(u.abs() - 1.0, v.abs() - 0.3)
+        ),
         "ring": (r - 0.75).abs() - 0.25,
         "diamond": u.abs() + v.abs() - 1.1,
     }[name]

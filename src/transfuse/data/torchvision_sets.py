@@ -62,8 +62,10 @@ class TorchvisionDataset(InMemoryImageDataModule):
         try:
             return cls(root=str(self.root), download=self.download, **split)
         except (RuntimeError, FileNotFoundError, OSError) as err:
-            raise DataError(f"{self.name} is not under {self.root}: put its files there in torchvision's layout, "
-                            f"or set data.download=true when online ({err})") from None
+            raise DataError(
+                f"{self.name} is not under {self.root}: put its files there in torchvision's layout, "
+                f"or set data.download=true when online ({err})"
+            ) from None
 
     def load(self) -> tuple[dict[str, ImageTensors], list[str]]:
         train, classes = _to_tensors(self._open(train=True))

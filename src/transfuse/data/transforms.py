@@ -57,7 +57,13 @@ class RandomAffine:
             raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {scale}")
         if not 0.0 <= hflip <= 1.0:
             raise ValueError(f"hflip is a probability, got {hflip}")
-        self.degrees, self.translate, self.scale, self.hflip, self.padding = degrees, translate, tuple(scale), hflip, padding
+        self.degrees, self.translate, self.scale, self.hflip, self.padding = (
+            degrees,
+            translate,
+            tuple(scale),
+            hflip,
+            padding,
+        )
 
     def __call__(self, x: Tensor) -> Tensor:
         b = x.shape[0]
