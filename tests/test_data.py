@@ -297,9 +297,9 @@ def test_augmentation_only_while_training(make_digits):
     out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
     torch.testing.assert_close(out, plain, rtol=0, atol=0)
     assert torch.equal(out_labels, labels)
-    dm.trainer = SimpleNamespace(training=False)
+    dm.trainer = SimpleNamespace(training=False, lightning_module=None)
     torch.testing.assert_close(dm.on_after_batch_transfer((images, labels), 0)[0], plain, rtol=0, atol=0)
-    dm.trainer = SimpleNamespace(training=True)
+    dm.trainer = SimpleNamespace(training=True, lightning_module=None)
     assert not torch.allclose(dm.on_after_batch_transfer((images, labels), 0)[0], plain, atol=1e-2)
 
 

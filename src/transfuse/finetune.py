@@ -34,9 +34,7 @@ def backbone_blocks(model: ImageClassifier) -> list[tuple[list[str], list[str]]]
     params = group_parameters(timm_model, matcher)
     modules = group_modules(timm_model, matcher)
     prefix = "backbone.model."
-    return [
-        ([prefix + n for n in params[i]], [prefix + n for n in modules.get(i, [])]) for i in sorted(params)
-    ]
+    return [([prefix + n for n in params[i]], [prefix + n for n in modules.get(i, [])]) for i in sorted(params)]
 
 
 def _batchnorms(module: nn.Module) -> list[nn.Module]:
@@ -59,7 +57,11 @@ class Strategy(Callback):
     frozen_backbone = False
 
     def __init__(
-        self, layer_decay: float | None = None, head_lr_mult: float = 1.0, bn: str = "train", cache_features: bool = False
+        self,
+        layer_decay: float | None = None,
+        head_lr_mult: float = 1.0,
+        bn: str = "train",
+        cache_features: bool = False,
     ) -> None:
         if bn not in BN_POLICIES:
             raise ValueError(f"bn must be one of {BN_POLICIES}, got {bn!r}")
@@ -67,7 +69,12 @@ class Strategy(Callback):
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
         if head_lr_mult <= 0:
             raise ValueError(f"head_lr_mult must be positive, got {head_lr_mult}")
-        self.layer_decay, self.head_lr_mult, self.bn, self.cache_features = layer_decay, head_lr_mult, bn, cache_features
+        self.layer_decay, self.head_lr_mult, self.bn, self.cache_features = (
+            layer_decay,
+            head_lr_mult,
+            bn,
+            cache_features,
+        )
 
     # --- freezing ---------------------------------------------------------------------------------------
     def apply(self, model: ImageClassifier) -> None:
@@ -85,15 +92,16 @@ class Strategy(Callback):
             for name in names:
                 parameters[name].requires_grad_(False)
             frozen += [named[m] for m in modules]
+        if count >= len(blocks):
+            frozen.append(model.backbone)
         if frozen_head:
             model.head.requires_grad_(False)
             frozen.append(model.head)
         if self.bn in ("freeze", "adabn"):
             frozen += _batchnorms(model.backbone)
         model.frozen = tuple(frozen)
-        model.backbone_frozen = count >= len(blocks) and not any(p.requires_grad for p in model.backbone.parameters())
-        if model.trainer_attached:
-            model.train(model.training)
+        model.backbone_frozen = not any(p.requires_grad for p in model.backbone.parameters())
+        model.train(model.training)
 
     # --- optimisation ---------------------------------------------------------------------------------
     def lr_scales(self, model: ImageClassifier) -> dict[str, float]:
@@ -116,9 +124,6 @@ class Strategy(Callback):
         unfreeze them without rebuilding the optimiser.
         """
         groups: dict[float, list[nn.Parameter]] = {}
-        for name, parameter in model.named_parameters():
-            groups.setdefault(self.lr_scales(model)[name] if False else None, [])  # placeholder, replaced below
-        groups.clear()
         scales = self.lr_scales(model)
         for name, parameter in model.named_parameters():
             groups.setdefault(scales[name], []).append(parameter)
@@ -132,9 +137,6 @@ class Strategy(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.bn == "adabn":
             adapt_batchnorm(pl_module, trainer)
-
-    def state_key(self) -> str:
-        return f"finetune-{type(self).__name__}"
 
 
 class Full(Strategy):
@@ -151,3 +153,125 @@ class LinearProbe(Strategy):
 
     def apply(self, model: ImageClassifier) -> None:
         self.set_frozen_blocks(model, len(backbone_blocks(model)))
+
+
+class LPFT(Strategy):
+    """Linear probe for ``probe_epochs``, then full fine-tuning from the probed head (Kumar et al., 2022).
+
+    Probing first keeps a random head from sending large gradients into, and distorting, the pretrained
+    features during the first steps of fine-tuning.
+    """
+
+    def __init__(self, probe_epochs: int = 5, cache_features: bool = True, **kwargs: Any) -> None:
+        super().__init__(cache_features=cache_features, **kwargs)
+        if probe_epochs < 1:
+            raise ValueError(f"probe_epochs must be >= 1, got {probe_epochs}")
+        self.probe_epochs = probe_epochs
+
+    def apply(self, model: ImageClassifier) -> None:
+        self.set_frozen_blocks(model, len(backbone_blocks(model)))
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch == self.probe_epochs:
+            log.info("LP-FT: epoch %d, the backbone is unfrozen", trainer.current_epoch)
+            self.set_frozen_blocks(pl_module, 0)
+
+
+class Partial(Strategy):
+    """The first ``freeze_blocks`` blocks of the backbone (stem first) stay frozen; the rest trains."""
+
+    def __init__(self, freeze_blocks: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if freeze_blocks < 0:
+            raise ValueError(f"freeze_blocks must be >= 0, got {freeze_blocks}")
+        self.freeze_blocks = freeze_blocks
+
+    def apply(self, model: ImageClassifier) -> None:
+        blocks = len(backbone_blocks(model))
+        if self.freeze_blocks > blocks:
+            raise ValueError(f"freeze_blocks={self.freeze_blocks} but {model.backbone.name} has {blocks} blocks")
+        self.set_frozen_blocks(model, self.freeze_blocks)
+
+
+class Gradual(Strategy):
+    """Start with the head only and unfreeze one more block from the top every ``unfreeze_every`` epochs."""
+
+    def __init__(self, unfreeze_every: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if unfreeze_every < 1:
+            raise ValueError(f"unfreeze_every must be >= 1, got {unfreeze_every}")
+        self.unfreeze_every = unfreeze_every
+
+    def frozen_at(self, epoch: int, blocks: int) -> int:
+        """Blocks still frozen at ``epoch`` (all of them at epoch 0)."""
+        return max(blocks - epoch // self.unfreeze_every, 0)
+
+    def apply(self, model: ImageClassifier) -> None:
+        self.set_frozen_blocks(model, len(backbone_blocks(model)))
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        blocks = len(backbone_blocks(pl_module))
+        frozen = self.frozen_at(trainer.current_epoch, blocks)
+        if frozen != self.frozen_at(trainer.current_epoch - 1, blocks) or trainer.current_epoch == 0:
+            log.info("gradual: epoch %d, %d of %d blocks frozen", trainer.current_epoch, frozen, blocks)
+            self.set_frozen_blocks(pl_module, frozen)
+
+
+class L2SP(Strategy):
+    """Full fine-tuning with a pull toward the starting weights (Li et al., 2018, "L2-SP").
+
+    The loss gains ``alpha/2 * ||w - w0||^2`` over the backbone (``w0``: its weights when fit starts, i.e. the
+    source) and ``beta/2 * ||w||^2`` over the head, which is new. Set ``optimizer.weight_decay=0`` so that
+    decay toward zero does not fight the pull toward the source.
+    """
+
+    def __init__(self, alpha: float = 0.01, beta: float = 0.01, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got {alpha} and {beta}")
+        self.alpha, self.beta = alpha, beta
+        self.source: dict[str, Tensor] = {}
+
+    def snapshot(self, model: ImageClassifier) -> None:
+        """Remember the current backbone weights as the point the penalty pulls toward."""
+        self.source = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self.snapshot(pl_module)
+
+    def penalty(self, model: ImageClassifier) -> Tensor:
+        if not self.source:
+            self.snapshot(model)
+        pull = sum(((p - self.source[n].to(p.device)) ** 2).sum() for n, p in model.backbone.named_parameters())
+        decay = sum((p**2).sum() for p in model.head.parameters())
+        return 0.5 * self.alpha * pull + 0.5 * self.beta * decay
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: LightningModule, trainer: Trainer, max_batches: int | None = None) -> int:
+    """AdaBN (Li et al., 2016): replace BatchNorm statistics by those of the target training images.
+
+    Runs the backbone over the training loader in train mode with a cumulative average (``momentum=None``);
+    labels are never read and no weight changes. Returns the number of images seen.
+    """
+    datamodule = trainer.datamodule
+    norms = _batchnorms(model.backbone)
+    if not norms or datamodule is None:
+        return 0
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    for i, (images, _labels) in enumerate(datamodule.train_dataloader()):
+        if max_batches is not None and i >= max_batches:
+            break
+        model.backbone(datamodule.transform(images.to(model.device), train=False))
+        seen += len(images)
+    for m, (momentum, training) in zip(norms, saved, strict=True):
+        m.momentum = momentum
+        m.train(training)
+    log.info("AdaBN: BatchNorm statistics of %d layers re-estimated on %d target images", len(norms), seen)
+    return seen

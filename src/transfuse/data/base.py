@@ -183,5 +183,9 @@ class InMemoryImageDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
-        training = self.trainer is not None and self.trainer.training
-        return self.transform(images, train=training), labels
+        trainer = self.trainer
+        # a model that caches features of a frozen backbone needs the same input every epoch
+        augment = (
+            trainer is not None and trainer.training and getattr(trainer.lightning_module, "wants_augmentation", True)
+        )
+        return self.transform(images, train=augment), labels

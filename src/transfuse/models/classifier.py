@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch import Callback
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassF1Score
 
-from transfuse.finetune import Full
+from transfuse.finetune import Full, Strategy
+from transfuse.models.feature_cache import FeatureCache
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -48,7 +53,7 @@ class ImageClassifier(L.LightningModule):
         head: nn.Module,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
-        finetune: Any = None,
+        finetune: Strategy | None = None,
         class_names: Sequence[str] = (),
         label_smoothing: float = 0.0,
         ece_bins: int = 15,
@@ -65,10 +70,36 @@ class ImageClassifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         #: submodules kept in eval mode while training (frozen BatchNorm statistics); set by the strategy.
         self.frozen: tuple[nn.Module, ...] = ()
-        (finetune or Full()).apply(self)
+        #: whether no backbone parameter trains right now; set by the strategy.
+        self.backbone_frozen = False
+        self.feature_cache = FeatureCache()
+        self.finetune = finetune or Full()
+        self.finetune.apply(self)
+
+    @property
+    def caching(self) -> bool:
+        """Whether backbone features come from the cache (frozen backbone and a strategy that asks for it)."""
+        return self.finetune.cache_features and self.backbone_frozen
+
+    @property
+    def wants_augmentation(self) -> bool:
+        """The datamodule augments training batches only when features are not cached."""
+        return not self.caching
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.backbone(images))
+        features = self.feature_cache(self.backbone, images) if self.caching else self.backbone(images)
+        return self.head(features)
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [self.finetune]
+
+    def on_fit_start(self) -> None:
+        if self.finetune.cache_features:
+            self.feature_cache.check_weights(self.backbone)
+
+    def on_fit_end(self) -> None:
+        if self.feature_cache.hits or self.feature_cache.misses:
+            log.info("feature cache: %d hits, %d misses", self.feature_cache.hits, self.feature_cache.misses)
 
     def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)
@@ -85,6 +116,10 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         loss = self.criterion(logits, labels)
         metrics.update(logits.detach(), labels)
+        penalty = self.finetune.penalty(self) if split == "train" else None
+        if penalty is not None:
+            self.log("train/penalty", penalty, on_step=True, on_epoch=True, batch_size=len(labels))
+            loss = loss + penalty
         on_step = split == "train"
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step, batch_size=len(labels))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=len(labels))
@@ -100,8 +135,9 @@ class ImageClassifier(L.LightningModule):
         self._step(batch, self.test_metrics, "test")
 
     def configure_optimizers(self) -> Any:
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(trainable)
+        optimizer = self.optimizer_factory(self.finetune.param_groups(self))
+        for group in optimizer.param_groups:  # each group's rate is the configured one times its multiplier
+            group["lr"] *= group["lr_scale"]
         if self.scheduler_factory is None:
             return optimizer
         return {

@@ -1,0 +1,64 @@
+"""Features of a frozen backbone, computed once per image and reused every epoch.
+
+Entries are keyed by the content of the (already transformed) input image, so a different dataset, split or
+transform can never hit a stale entry, and by a fingerprint of the backbone's weights, which clears the cache
+when they change. Augmented inputs differ every epoch and would never hit, so the model turns augmentation
+off while it caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor, nn
+
+_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant; multiplying by it spreads bits
+
+
+def image_keys(images: Tensor) -> list[bytes]:
+    """A 128-bit key per image from the exact bits of its pixels (integer arithmetic, so order-independent)."""
+    bits = images.detach().float().contiguous().view(len(images), -1).view(torch.int32).to(torch.int64)
+    positions = torch.arange(bits.shape[1], device=bits.device, dtype=torch.int64)
+    first = ((bits + 1) * (positions * _MIX + 1)).sum(dim=1)
+    second = ((bits ^ (positions * 0x632BE5AB)) * (positions + _MIX)).sum(dim=1)
+    keys = torch.stack([first, second], dim=1).cpu().numpy()
+    return [row.tobytes() for row in keys]
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """Digest of every parameter and buffer of ``module``."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Maps image content to backbone features, valid for one set of backbone weights."""
+
+    def __init__(self) -> None:
+        self.store: dict[bytes, Tensor] = {}
+        self.weights: str | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def check_weights(self, backbone: nn.Module) -> None:
+        """Clear the cache if the backbone's weights differ from those its entries were computed with."""
+        fingerprint = weights_fingerprint(backbone)
+        if fingerprint != self.weights:
+            self.store.clear()
+            self.weights = fingerprint
+
+    @torch.no_grad()
+    def __call__(self, backbone: nn.Module, images: Tensor) -> Tensor:
+        keys = image_keys(images)
+        missing = [i for i, key in enumerate(keys) if key not in self.store]
+        if missing:
+            computed = backbone(images[missing])
+            for i, features in zip(missing, computed, strict=True):
+                self.store[keys[i]] = features
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        return torch.stack([self.store[key] for key in keys])
