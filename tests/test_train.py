@@ -40,7 +40,17 @@ def test_pretrain_run_is_fully_tracked(pretrained, tmp_path):
     assert run.data.params["backbone.name"] == "test_resnet"
     assert run.data.tags["stage"] == "pretrain" and run.data.tags["data"] == "synthetic"
     assert run.data.tags["backbone"] == "test_resnet" and "command" in run.data.tags
-    for key in ("train/loss_epoch", "val/acc", "val/f1", "val/ece", "test/acc", "test/f1", "test/ece", "val/acc_best"):
+    for key in (
+        "train/loss_epoch",
+        "val/acc",
+        "val/f1",
+        "val/ece",
+        "test/acc",
+        "test/f1",
+        "test/ece",
+        "val/acc_best",
+        "time/fit_s",
+    ):
         assert key in run.data.metrics, key
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
     # one val/acc point per epoch

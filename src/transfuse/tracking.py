@@ -106,6 +106,10 @@ class TrackedRun:
             self.client.log_batch(self.run_id, params=params[start : start + 100])
         self.client.log_text(self.run_id, OmegaConf.to_yaml(container), "config.yaml")
 
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, value)
+
     def log_source(self, checkpoint: Checkpoint, report: LoadReport) -> None:
         """Record the weights a run started from, linking to the source run when there is one."""
         self.client.set_tag(self.run_id, "init.source", checkpoint.source)

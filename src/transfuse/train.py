@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -58,13 +59,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
             run.log_source(source, weights.load_into(model, source, datamodule.class_names, cfg.stage.on_head_mismatch))
         callbacks: list[Callback] = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
         trainer = instantiate(cfg.trainer, logger=run.logger(**cfg.logger.metrics), callbacks=callbacks)
+        seconds: dict[str, float] = {}
         if cfg.stage.fit:
+            start = time.perf_counter()
             trainer.fit(model, datamodule=datamodule)
+            seconds["time/fit_s"] = time.perf_counter() - start
             run.log_checkpoints(trainer, Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", cfg.last_checkpoint)
         if cfg.stage.test:
             best = trainer.checkpoint_callback is not None and bool(trainer.checkpoint_callback.best_model_path)
+            start = time.perf_counter()
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if cfg.stage.fit and best else None)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            seconds["time/test_s"] = time.perf_counter() - start
+        run.log_metrics(seconds)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | seconds
         if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:
             metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(trainer.checkpoint_callback.best_model_score)
     return metrics

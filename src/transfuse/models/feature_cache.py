@@ -13,17 +13,32 @@ import hashlib
 import torch
 from torch import Tensor, nn
 
-_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant; multiplying by it spreads bits
+_WEIGHTS: dict[tuple[int, str], Tensor] = {}
+
+
+def _hash_weights(width: int, device: torch.device) -> Tensor:
+    """Two fixed random odd int64 vectors of ``width``: the coefficients of two polynomial hashes."""
+    key = (width, str(device))
+    if key not in _WEIGHTS:
+        generator = torch.Generator().manual_seed(width)
+        weights = torch.randint(-(2**62), 2**62, (width, 2), generator=generator, dtype=torch.int64) | 1
+        _WEIGHTS[key] = weights.to(device)
+    return _WEIGHTS[key]
 
 
 def image_keys(images: Tensor) -> list[bytes]:
-    """A 128-bit key per image from the exact bits of its pixels (integer arithmetic, so order-independent)."""
-    bits = images.detach().float().contiguous().view(len(images), -1).view(torch.int32).to(torch.int64)
-    positions = torch.arange(bits.shape[1], device=bits.device, dtype=torch.int64)
-    first = ((bits + 1) * (positions * _MIX + 1)).sum(dim=1)
-    second = ((bits ^ (positions * 0x632BE5AB)) * (positions + _MIX)).sum(dim=1)
-    keys = torch.stack([first, second], dim=1).cpu().numpy()
-    return [row.tobytes() for row in keys]
+    """A 128-bit key per image from the exact bits of its pixels.
+
+    Integer arithmetic (wrapping int64 products) is exact and independent of batch size or position, unlike
+    a floating-point projection, so an image always gets the same key.
+    """
+    flat = images.detach().float().contiguous().view(len(images), -1)
+    if flat.shape[1] % 2:
+        flat = torch.nn.functional.pad(flat, (0, 1))
+    words = flat.view(torch.int64)  # two pixels per word
+    weights = _hash_weights(words.shape[1], words.device)
+    keys = torch.stack([(words * weights[:, 0]).sum(dim=1), (words * weights[:, 1]).sum(dim=1)], dim=1)
+    return [row.tobytes() for row in keys.cpu().numpy()]
 
 
 def weights_fingerprint(module: nn.Module) -> str:
