@@ -35,10 +35,12 @@ def test_typo_in_a_key_names_the_key(tmp_path):
 
 
 def test_cfg_job_prints_the_resolved_choice(tmp_path):
-    result = _run(["--cfg", "job", "backbone.name=test_vit", "data=digits"], tmp_path)
+    result = _run(["--cfg", "job", "--resolve", "backbone.name=test_vit", "data=digits"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "name: test_vit" in result.stdout
     assert "_target_: transfuse.data.UCIDigits" in result.stdout
+    assert "backbone: test_vit" in result.stdout  # tags resolved
+    assert "- 0.5" in result.stdout  # test_vit's normalisation, read from timm
 
 
 def test_multirun_writes_one_finished_run_per_job_into_the_default_store(tmp_path, _empty_store):

@@ -27,15 +27,22 @@ def timm_default(name: str, field: str):
         fallback = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "input_size": [3, 224, 224]}
         if field not in fallback:
             raise KeyError(f"timm model {name!r} has no pretrained config to read {field!r} from")
-        return fallback[field]
+        return OmegaConf.create(fallback[field])
     value = getattr(cfg, field)
-    return list(value) if isinstance(value, tuple) else value
+    return OmegaConf.create(list(value)) if isinstance(value, tuple) else value
+
+
+def selection_tag(monitor: str) -> str:
+    """How a run selects its checkpoint: ``target_oracle`` when it peeks at target validation labels."""
+    return "target_oracle" if monitor.startswith("val_target/") else "source_val"
 
 
 def register_resolvers() -> None:
-    """Register ``${timm:<model>,<field>}``; safe to call more than once."""
+    """Register ``${timm:<model>,<field>}`` and ``${selection_tag:<monitor>}``; safe to call more than once."""
     if not OmegaConf.has_resolver("timm"):
         OmegaConf.register_new_resolver("timm", timm_default)
+    if not OmegaConf.has_resolver("selection_tag"):
+        OmegaConf.register_new_resolver("selection_tag", selection_tag)
 
 
 def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.stage.requires_weights and str(cfg.init.weights).lower() in ("none", "null", ""):
         raise ConfigError(f"stage={cfg.tags.stage} needs init.weights=<source> (a run, a query, a file or timm)")
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.datamodule)
     model = build_model(cfg, datamodule.class_names)
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, cfg.tags) as run:
         run.log_config(cfg)

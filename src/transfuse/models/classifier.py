@@ -59,7 +59,9 @@ class ImageClassifier(L.LightningModule):
         ece_bins: int = 15,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "head", "optimizer", "scheduler", "finetune"], logger=False)
+        self.save_hyperparameters(
+            ignore=["backbone", "head", "optimizer", "scheduler", "finetune", "alignment"], logger=False
+        )
         self.backbone, self.head = backbone, head
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

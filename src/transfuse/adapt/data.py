@@ -1,0 +1,97 @@
+"""A labelled source and an unlabelled target served side by side for domain adaptation."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from transfuse.data.base import ImageTensors, InMemoryImageDataModule
+from transfuse.errors import DataError
+
+#: order of the validation and test loaders; metrics use these names
+DOMAINS = ("source", "target")
+
+
+class ImagesOnly(Dataset):
+    """The images of a split without their labels: what adaptation may see of the target."""
+
+    def __init__(self, data: ImageTensors) -> None:
+        self.images = data.images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images[i]
+
+    def __getitems__(self, indices: list[int]) -> Tensor:
+        return self.images[torch.as_tensor(indices)]
+
+
+def _keep(batch: Tensor) -> Tensor:
+    return batch
+
+
+class DomainPair(L.LightningDataModule):
+    """Training batches ``{"source": (images, labels), "target": images}``; val and test per domain.
+
+    The target's training labels never leave this class. Validation and test loaders are
+    ``[source, target]``: source validation selects models by default, target validation only as a
+    clearly tagged oracle, and the target test split is what adaptation is judged on.
+
+    Args:
+        source: labelled source datamodule.
+        target: target datamodule; only its training images are used for training.
+    """
+
+    def __init__(self, source: InMemoryImageDataModule, target: InMemoryImageDataModule) -> None:
+        super().__init__()
+        self.source, self.target = source, target
+
+    @property
+    def class_names(self) -> list[str]:
+        names, target_names = self.source.class_names, self.target.class_names
+        if names != target_names:
+            raise DataError(f"source classes {names} differ from target classes {target_names}")
+        return names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def splits(self) -> dict[str, ImageTensors]:
+        """The source's splits (what a single-domain caller expects)."""
+        return self.source.splits
+
+    @property
+    def transform(self):
+        return self.source.transform
+
+    def setup(self, stage: str | None = None) -> None:
+        _ = self.class_names
+
+    def train_dataloader(self) -> dict[str, DataLoader]:
+        target = DataLoader(
+            ImagesOnly(self.target.splits["train"]), batch_size=self.target.batch_size, shuffle=True, collate_fn=_keep
+        )
+        return {"source": self.source.train_dataloader(), "target": target}
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.source.val_dataloader(), self.target.val_dataloader()]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.source.test_dataloader(), self.target.test_dataloader()]
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict):  # training: each domain through its own transform, augmentation on
+            images, labels = batch["source"]
+            return {
+                "source": (self.source.transform(images, train=True), labels),
+                "target": self.target.transform(batch["target"], train=True),
+            }
+        module = (self.source, self.target)[dataloader_idx]
+        images, labels = batch
+        return module.transform(images, train=False), labels

@@ -1,0 +1,96 @@
+"""The LightningModule of ``stage=adapt``: source cross-entropy plus an alignment loss on both domains."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from transfuse.adapt.data import DOMAINS
+from transfuse.models.classifier import ImageClassifier, classification_metrics
+
+AlignmentFactory = Callable[[int], nn.Module]
+
+
+class AdaptClassifier(ImageClassifier):
+    """An :class:`ImageClassifier` trained on labelled source and unlabelled target batches.
+
+    Metrics: ``val/*`` and ``test_source/*`` on the source, ``val_target/*`` and ``test/*`` on the target (so
+    ``test/acc`` is the adapted accuracy), ``train/align_loss`` and ``val/proxy_a_distance`` (how well a linear
+    classifier tells the domains apart in feature space: 0 indistinguishable, 2 fully separable).
+
+    Args:
+        alignment: partial of an alignment method (see :mod:`transfuse.adapt.methods`), completed with the
+            backbone's feature width; called as ``alignment(source_features, target_features, progress)``.
+        **kwargs: as for :class:`ImageClassifier`.
+    """
+
+    def __init__(self, alignment: AlignmentFactory, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.alignment = alignment(self.backbone.num_features)
+        metrics = classification_metrics(len(self.class_names), self.hparams.ece_bins)
+        self.eval_metrics = nn.ModuleDict(
+            {
+                "val_source": self.val_metrics,
+                "val_target": metrics.clone(prefix="val_target/"),
+                "test_source": metrics.clone(prefix="test_source/"),
+                "test_target": self.test_metrics,
+            }
+        )
+        self._features: dict[str, list[Tensor]] = {d: [] for d in DOMAINS}
+
+    def progress(self) -> float:
+        """Share of training done, for schedules such as DANN's lambda ramp."""
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        return min(self.global_step / total, 1.0) if total else 0.0
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        images, labels = batch["source"]
+        target_images = batch["target"]
+        features = self.backbone(torch.cat([images, target_images]))
+        source_features, target_features = features[: len(images)], features[len(images) :]
+        logits = self.head(source_features)
+        classification = self.criterion(logits, labels)
+        align = self.alignment(source_features, target_features, self.progress())
+        loss = classification + align
+        penalty = self.finetune.penalty(self)
+        if penalty is not None:
+            loss = loss + penalty
+        self.train_metrics.update(logits.detach(), labels)
+        n = len(labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/class_loss", classification, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/align_loss", align, on_step=True, on_epoch=True, batch_size=n)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], split: str, dataloader_idx: int) -> None:
+        images, labels = batch
+        domain = DOMAINS[dataloader_idx]
+        features = self.backbone(images)
+        logits = self.head(features)
+        metrics = self.eval_metrics[f"{split}_{domain}"]
+        metrics.update(logits, labels)
+        name = {"val_source": "val", "test_target": "test"}.get(f"{split}_{domain}", f"{split}_{domain}")
+        self.log(f"{name}/loss", self.criterion(logits, labels), batch_size=len(labels), add_dataloader_idx=False)
+        self.log_dict(metrics, batch_size=len(labels), add_dataloader_idx=False)
+        if split == "val":
+            self._features[domain].append(features.detach().cpu())
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        from transfuse.adapt.losses import proxy_a_distance
+
+        source, target = (
+            (torch.cat(self._features[d]) for d in DOMAINS) if all(self._features.values()) else (None, None)
+        )
+        self._features = {d: [] for d in DOMAINS}
+        if source is not None and len(source) >= 4 and len(target) >= 4:
+            self.log("val/proxy_a_distance", proxy_a_distance(source, target))
