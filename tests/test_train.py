@@ -139,11 +139,26 @@ def test_evaluate_reproduces_the_test_accuracy_of_the_source_run(pretrained, mak
     evaluation = runs[-1]
     assert evaluation.data.tags["stage"] == "evaluate"
     assert "train/loss_epoch" not in evaluation.data.metrics
+    # it also scores the source for this target, with the source head (same classes) for LEEP
+    assert evaluation.data.metrics["transfer/leep"] <= 0.0
+    assert metrics["transfer/logme"] == pytest.approx(evaluation.data.metrics["transfer/logme"])
     assert not client.list_artifacts(evaluation.info.run_id, "checkpoints")
     # an evaluation has no checkpoint of its own, so it cannot be a source
     cfg = make_config(*FAST, "stage=finetune", f"init.weights=runs:/{evaluation.info.run_id}")
     with pytest.raises(WeightsError, match=r"has no artifact 'checkpoints/best\.ckpt'"):
         train(cfg)
+
+
+def test_score_ranks_a_source_for_other_classes_without_training(pretrained, make_config):
+    _, run, _, _ = pretrained
+    cfg = make_config(*FAST, "data.num_classes=3", "stage=score", f"init.weights=runs:/{run.info.run_id}")
+    metrics = train(cfg)
+    _, runs = _runs(cfg)
+    scored = runs[-1]
+    assert scored.data.tags["init.head_reinitialised"] == "true"
+    assert "transfer/logme" in scored.data.metrics and "transfer/leep" not in scored.data.metrics
+    assert "test/acc" not in scored.data.metrics and "train/loss_epoch" not in scored.data.metrics
+    assert metrics["transfer/logme"] == pytest.approx(scored.data.metrics["transfer/logme"])
 
 
 def test_evaluate_on_other_classes_is_refused(pretrained, make_config):

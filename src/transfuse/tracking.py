@@ -94,6 +94,8 @@ class TrackedRun:
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str) -> None:
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        #: metrics logged through :meth:`log_metrics`, returned with the run's results
+        self.logged_scores: dict[str, float] = {}
 
     def logger(self, **kwargs: Any) -> RunLogger:
         return RunLogger(tracking_uri=self.client.tracking_uri, run_id=self.run_id, **kwargs)
@@ -109,6 +111,7 @@ class TrackedRun:
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         for key, value in metrics.items():
             self.client.log_metric(self.run_id, key, value)
+            self.logged_scores[key] = float(value)
 
     def log_source(self, checkpoint: Checkpoint, report: LoadReport) -> None:
         """Record the weights a run started from, linking to the source run when there is one."""

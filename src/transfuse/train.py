@@ -24,6 +24,7 @@ from transfuse import weights
 from transfuse.config import CONF_DIR, register_resolvers
 from transfuse.errors import ConfigError, TransfuseError
 from transfuse.tracking import tracked_run
+from transfuse.transferability import score_model
 
 log = logging.getLogger("transfuse")
 register_resolvers()
@@ -55,8 +56,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, cfg.tags) as run:
         run.log_config(cfg)
         source = weights.resolve(cfg.init.weights, run.client, model.backbone)
+        report = None
         if source is not None:
-            run.log_source(source, weights.load_into(model, source, datamodule.class_names, cfg.stage.on_head_mismatch))
+            report = weights.load_into(model, source, datamodule.class_names, cfg.stage.on_head_mismatch)
+            run.log_source(source, report)
+        if cfg.stage.score:
+            run.log_metrics(
+                score_model(model, datamodule, source_head=report is not None and not report.head_reinitialised)
+            )
         callbacks: list[Callback] = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
         trainer = instantiate(cfg.trainer, logger=run.logger(**cfg.logger.metrics), callbacks=callbacks)
         seconds: dict[str, float] = {}
@@ -71,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if cfg.stage.fit and best else None)
             seconds["time/test_s"] = time.perf_counter() - start
         run.log_metrics(seconds)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | seconds
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | run.logged_scores
         if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:
             metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(trainer.checkpoint_callback.best_model_score)
     return metrics

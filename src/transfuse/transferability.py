@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +203,26 @@ def leep(source_probs: Tensor, labels: Tensor, num_classes: int | None = None) -
     conditional = joint / marginal.where(marginal > 0, torch.ones_like(marginal))  # [K, Z] P(y | z)
     likelihood = (theta * conditional[labels.long()]).sum(1)  # [N] sum_z P(y_i | z) theta_i(z)
     return float(torch.log(likelihood).mean())
+
+
+@torch.no_grad()
+def score_model(model: nn.Module, datamodule: Any, source_head: bool) -> dict[str, float]:
+    """LogME of the backbone's features (and LEEP of the source head) on the target's training split.
+
+    This is what ``stage=score`` and ``stage=evaluate`` log as ``transfer/logme`` and ``transfer/leep``: a
+    ranking of candidate sources for one target before any fine-tuning. LEEP needs the source classifier, so it
+    is left out when the head was re-initialised for other classes.
+    """
+    model.eval()
+    data = datamodule.splits["train"]
+    features, probs = [], []
+    for start in range(0, len(data), 256):
+        images = datamodule.transform(data.images[start : start + 256].to(model.device), train=False)
+        pooled = model.backbone(images)
+        features.append(pooled.float().cpu())
+        probs.append(torch.softmax(model.head(pooled).float(), dim=1).cpu())
+    labels = data.labels
+    scores = {"transfer/logme": logme(torch.cat(features), labels, datamodule.num_classes)}
+    if source_head:
+        scores["transfer/leep"] = leep(torch.cat(probs), labels, datamodule.num_classes)
+    return scores
