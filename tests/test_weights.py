@@ -142,3 +142,34 @@ def test_none_means_no_weights(model_factory, tracking_uri):
     client = MlflowClient(tracking_uri)
     assert weights.resolve("none", client, model_factory().backbone) is None
     assert weights.resolve(None, client, model_factory().backbone) is None
+
+
+def test_class_map_copies_the_rows_of_mapped_classes(model_factory):
+    source = model_factory(classes=["a", "b", "c"])
+    target = model_factory(classes=["b", "x", "a"])
+    fresh = target.head.fc.weight.clone()
+    checkpoint = weights.Checkpoint(source.state_dict(), "src", class_names=["a", "b", "c"])
+    report = weights.load_into(target, checkpoint, ["b", "x", "a"], class_map={"b": "b", "a": "a"})
+    assert report.head_reinitialised
+    torch.testing.assert_close(target.head.fc.weight[0], source.head.fc.weight[1], rtol=0, atol=0)
+    torch.testing.assert_close(target.head.fc.weight[2], source.head.fc.weight[0], rtol=0, atol=0)
+    torch.testing.assert_close(target.head.fc.bias[2], source.head.fc.bias[0], rtol=0, atol=0)
+    torch.testing.assert_close(target.head.fc.weight[1], fresh[1], rtol=0, atol=0)  # unmapped: fresh
+
+
+@pytest.mark.parametrize(
+    ("class_map", "message"), [({"zz": "a"}, r"target \['zz'\]"), ({"b": "qq"}, r"source \['qq'\]")]
+)
+def test_class_map_naming_an_unknown_class_is_refused(model_factory, class_map, message):
+    source = model_factory(classes=["a", "b", "c"])
+    checkpoint = weights.Checkpoint(source.state_dict(), "src", class_names=["a", "b", "c"])
+    with pytest.raises(WeightsError, match=message):
+        weights.load_into(model_factory(classes=["b", "x", "a"]), checkpoint, ["b", "x", "a"], class_map=class_map)
+
+
+def test_mlp_head_keeps_its_hidden_layer_when_classes_change(model_factory):
+    source = model_factory("head=mlp", classes=["a", "b", "c"])
+    target = model_factory("head=mlp")
+    checkpoint = weights.Checkpoint(source.state_dict(), "src", class_names=["a", "b", "c"])
+    weights.load_into(target, checkpoint, CLASSES)
+    torch.testing.assert_close(target.head.hidden[0].weight, source.head.hidden[0].weight, rtol=0, atol=0)

@@ -58,7 +58,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         source = weights.resolve(cfg.init.weights, run.client, model.backbone)
         report = None
         if source is not None:
-            report = weights.load_into(model, source, datamodule.class_names, cfg.stage.on_head_mismatch)
+            report = weights.load_into(
+                model, source, datamodule.class_names, cfg.stage.on_head_mismatch, cfg.init.class_map
+            )
             run.log_source(source, report)
         if cfg.stage.score:
             run.log_metrics(

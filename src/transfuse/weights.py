@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 _FILTER_SYNTAX = re.compile(r"(=|<|>|\bLIKE\b|\bILIKE\b|\bIN\b)", re.IGNORECASE)
 BACKBONE_PREFIX = "backbone.model."
 HEAD_PREFIX = "head."
+#: the class-dependent layer of every head (``LinearHead`` and ``MLPHead`` both end in ``fc``)
+CLASSIFIER_PREFIX = "head.fc."
 
 
 @dataclass
@@ -132,6 +135,22 @@ def resolve(spec: str | None, client: MlflowClient, backbone: nn.Module) -> Chec
     )
 
 
+def _mapped_rows(class_map: Mapping[str, str], checkpoint: Checkpoint, class_names: list[str]) -> list[tuple[int, int]]:
+    """(target row, source row) pairs of a class map, refusing names either side does not have."""
+    if not class_map:
+        return []
+    if checkpoint.class_names is None:
+        raise WeightsError(f"init.class_map needs class names, and {checkpoint.source} has none saved")
+    unknown_target = sorted(set(class_map) - set(class_names))
+    unknown_source = sorted(set(class_map.values()) - set(checkpoint.class_names))
+    if unknown_target or unknown_source:
+        raise WeightsError(
+            f"init.class_map names unknown classes: target {unknown_target} (target has {class_names}), "
+            f"source {unknown_source} (source has {checkpoint.class_names})"
+        )
+    return [(class_names.index(t), checkpoint.class_names.index(s)) for t, s in class_map.items()]
+
+
 def _as_model_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Plain timm state dicts (no ``backbone.``/``head.`` prefix) are taken as backbone weights."""
     if any(k.startswith(("backbone.", HEAD_PREFIX)) for k in state):
@@ -140,7 +159,11 @@ def _as_model_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_into(
-    model: nn.Module, checkpoint: Checkpoint, class_names: list[str], on_head_mismatch: str = "reinit"
+    model: nn.Module,
+    checkpoint: Checkpoint,
+    class_names: list[str],
+    on_head_mismatch: str = "reinit",
+    class_map: Mapping[str, str] | None = None,
 ) -> LoadReport:
     """Copy checkpoint weights into ``model``; refuse shape mismatches outside a head whose classes changed.
 
@@ -148,8 +171,10 @@ def load_into(
         model: a module with ``backbone`` and ``head`` children.
         checkpoint: weights from :func:`resolve`.
         class_names: the classes of the data the model will see.
-        on_head_mismatch: ``reinit`` keeps the model's fresh head when the class sets differ (fine-tuning to
-            new classes); ``error`` refuses (evaluation needs the head to match).
+        on_head_mismatch: ``reinit`` keeps the model's fresh classifier layer when the class sets differ
+            (fine-tuning to new classes); ``error`` refuses (evaluation needs the head to match).
+        class_map: ``{target class: source class}``; when the classifier is re-initialised, the rows of the
+            mapped target classes are copied from the source classifier (a partial label-space match).
     """
     if on_head_mismatch not in ("reinit", "error"):
         raise ValueError(f"on_head_mismatch must be 'reinit' or 'error', got {on_head_mismatch!r}")
@@ -166,8 +191,11 @@ def load_into(
                 f"checkpoint {checkpoint.source} was trained on classes {was}, but the data has "
                 f"{class_names}; its head cannot be evaluated here"
             )
-        log.warning("classes differ (checkpoint: %s, data: %s): the head is re-initialised", was, class_names)
-        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+        log.warning("classes differ (checkpoint: %s, data: %s): the classifier is re-initialised", was, class_names)
+        classifier = {k: v for k, v in state.items() if k.startswith(CLASSIFIER_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIX)}
+    elif class_map:
+        raise WeightsError("init.class_map is set, but source and target classes are the same; drop the map")
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in state.items()
@@ -183,8 +211,15 @@ def load_into(
             f"checkpoint {checkpoint.source} shares no backbone tensor with the model "
             f"(first expected key: {backbone_keys[0]}); was it trained with another backbone?"
         )
+    rows = _mapped_rows(class_map or {}, checkpoint, class_names) if reinit_head else []
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not (reinit_head and k.startswith(HEAD_PREFIX))]
+    if rows:
+        own = model.state_dict()
+        for key, tensor in classifier.items():
+            for target_row, source_row in rows:
+                own[key][target_row] = tensor[source_row]
+        log.info("classifier rows copied for %d mapped classes", len(rows))
+    missing = [k for k in result.missing_keys if not (reinit_head and k.startswith(CLASSIFIER_PREFIX))]
     if missing:
         log.warning("%d tensors not in the checkpoint keep their fresh values: %s", len(missing), missing[:20])
     if result.unexpected_keys:
