@@ -15,6 +15,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from timm.models import group_modules, group_parameters
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from transfuse.errors import ConfigError
 
 if TYPE_CHECKING:
     from transfuse.models.classifier import ImageClassifier
@@ -53,8 +56,6 @@ class Strategy(Callback):
             then keeps them.
         cache_features: reuse the features of a frozen backbone across epochs (see ``ImageClassifier``).
     """
-
-    frozen_backbone = False
 
     def __init__(
         self,
@@ -145,8 +146,6 @@ class Full(Strategy):
 
 class LinearProbe(Strategy):
     """Backbone frozen, weights and BatchNorm statistics alike; only the head trains."""
-
-    frozen_backbone = True
 
     def __init__(self, cache_features: bool = True, **kwargs: Any) -> None:
         super().__init__(cache_features=cache_features, **kwargs)
@@ -259,13 +258,16 @@ def adapt_batchnorm(model: LightningModule, trainer: Trainer, max_batches: int |
     norms = _batchnorms(model.backbone)
     if not norms or datamodule is None:
         return 0
+    loader = datamodule.train_dataloader()
+    if not isinstance(loader, DataLoader):
+        raise ConfigError("finetune.bn=adabn needs a single training loader; stage=adapt pairs two domains")
     saved = [(m.momentum, m.training) for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
         m.train()
     seen = 0
-    for i, (images, _labels) in enumerate(datamodule.train_dataloader()):
+    for i, (images, _labels) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         model.backbone(datamodule.transform(images.to(model.device), train=False))
