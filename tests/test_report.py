@@ -55,3 +55,14 @@ def test_filter_and_unknown_experiment(store, tracking_uri):
     assert len(runs) == 2
     with pytest.raises(SystemExit, match="no experiment named 'nope'"):
         main(["--experiment", "nope", "--tracking-uri", tracking_uri])
+
+
+def test_numeric_keys_sort_as_numbers(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("labels")
+    for labels in ("50", "5", "10", "1"):
+        run = client.create_run(experiment, tags={"labels": labels})
+        client.log_metric(run.info.run_id, "test/acc", 0.5)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    groups = summarise(fetch_runs(client, ["labels"]), ["tags.labels"], "test/acc")
+    assert [g.key for g in groups] == [("1",), ("5",), ("10",), ("50",)]

@@ -76,7 +76,17 @@ def summarise(runs: Sequence[Run], rows: Sequence[str], metric: str, order: Sequ
         if value is not None:
             groups.setdefault(tuple(str(field(run, k)) for k in rows), []).append(value)
     rank = {name: i for i, name in enumerate(order)}
-    return sorted((Group(k, v) for k, v in groups.items()), key=lambda g: (rank.get(g.key[0], len(rank)), g.key))
+
+    def natural(value: str) -> tuple[int, float | str]:  # numbers in numeric order (1, 5, 10, 50)
+        try:
+            return (0, float(value))
+        except ValueError:
+            return (1, value)
+
+    def position(group: Group) -> tuple:
+        return (rank.get(group.key[0], len(rank)), *(natural(v) for v in group.key))
+
+    return sorted((Group(k, v) for k, v in groups.items()), key=position)
 
 
 def markdown(groups: Sequence[Group], rows: Sequence[str], metric: str, lower_is_better: bool = False) -> str:
