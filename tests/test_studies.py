@@ -44,7 +44,6 @@ STUDIES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_shortened_study_runs_end_to_end(make_config, study):
-    source_run = None
     for experiment, overrides in STUDIES[study]:
         cfg = make_config(f"experiment={study}/{experiment}", *SHORT, *overrides)
         train(cfg)
