@@ -93,7 +93,9 @@ class ImageClassifier(L.LightningModule):
         return self.head(features)
 
     def configure_callbacks(self) -> list[Callback]:
-        return [self.finetune]
+        # Lightning asks again for test after fit; the strategy is registered once.
+        registered = self._trainer is not None and any(c is self.finetune for c in self.trainer.callbacks)
+        return [] if registered else [self.finetune]
 
     def on_fit_start(self) -> None:
         if self.finetune.cache_features:
