@@ -217,3 +217,31 @@ def test_caching_turns_training_augmentation_off(build):
     model.finetune.cache_features = False
     third, _ = datamodule.on_after_batch_transfer((images, labels), 0)
     assert not torch.equal(first, third)
+
+
+def test_cache_takes_raw_images_and_transforms_only_misses(build):
+    cfg, model = build("finetune=linear_probe")
+    datamodule = instantiate(cfg.data)
+    raw, labels = next(iter(datamodule.val_dataloader()))
+    model.input_transform = datamodule.transform
+    model.eval()
+    datamodule.trainer = types.SimpleNamespace(training=False, lightning_module=model)
+    handed, _ = datamodule.on_after_batch_transfer((raw, labels), 0)
+    assert handed.dtype == torch.uint8 and torch.equal(handed, raw)  # the cache gets the raw images
+    with torch.no_grad():
+        expected = model.head(model.backbone(datamodule.transform(raw, train=False)))
+        torch.testing.assert_close(model(handed), expected)
+        assert (model.feature_cache.hits, model.feature_cache.misses) == (0, len(raw))
+        torch.testing.assert_close(model(handed[:3]), expected[:3])
+        assert model.feature_cache.hits == 3
+        # another transform of the same images (a different size) must not reuse those features
+        other = instantiate(cfg.data, image_size=cfg.data.image_size + 8).transform
+        assert other.key != datamodule.transform.key
+        model.input_transform = other
+        torch.testing.assert_close(model(handed[:3]), model.head(model.backbone(other(raw[:3], train=False))))
+        assert model.feature_cache.misses == len(raw) + 3
+
+
+def test_raw_and_transformed_keys_never_collide():
+    raw = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    assert not set(image_keys(raw)) & set(image_keys(raw.float()))

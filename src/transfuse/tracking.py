@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +24,9 @@ from typing import Any
 import mlflow
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 from omegaconf import DictConfig, OmegaConf
 
 from transfuse.weights import Checkpoint, LoadReport
@@ -35,10 +37,40 @@ MAX_PARAM_LENGTH = 6000
 
 
 class RunLogger(MLFlowLogger):
-    """Logs metrics into an existing run and leaves ending it to :func:`tracked_run`."""
+    """Logs metrics into an existing run and leaves ending it to :func:`tracked_run`.
+
+    Metrics are written in batches at most every ``flush_every_s`` seconds (and when Lightning finalises the
+    logger after fit or test, on success or failure): one SQLite commit per logging call costs several
+    milliseconds, more than a cached linear-probe training step.
+    """
+
+    def __init__(self, *args: Any, flush_every_s: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flush_every_s = flush_every_s
+        self._pending: list[Metric] = []
+        self._flushed_at = time.monotonic()
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        timestamp_ms = int(time.time() * 1000)
+        for key, value in metrics.items():
+            name = re.sub(r"[^a-zA-Z0-9_/. -]+", "", key)  # the characters MLflow allows in metric names
+            self._pending.append(Metric(key=name, value=float(value), timestamp=timestamp_ms, step=step or 0))
+        if time.monotonic() - self._flushed_at >= self.flush_every_s:
+            self.flush()
+
+    @rank_zero_only
+    def flush(self) -> None:
+        """Write every pending metric now (MLflow takes at most 1000 per batch)."""
+        for start in range(0, len(self._pending), 1000):
+            batch = self._pending[start : start + 1000]
+            self.experiment.log_batch(self.run_id, metrics=batch, **self._log_batch_kwargs)
+        self._pending.clear()
+        self._flushed_at = time.monotonic()
 
     def finalize(self, status: str = "success") -> None:
-        """Leave the run open: ``fit`` ends before ``test`` logs into the same run."""
+        """Flush, but leave the run open: ``fit`` ends before ``test`` logs into the same run."""
+        self.flush()
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -63,7 +63,6 @@ class AdaptClassifier(ImageClassifier):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/class_loss", classification, on_step=False, on_epoch=True, batch_size=n)
         self.log("train/align_loss", align, on_step=True, on_epoch=True, batch_size=n)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], split: str, dataloader_idx: int) -> None:
@@ -75,7 +74,6 @@ class AdaptClassifier(ImageClassifier):
         metrics.update(logits, labels)
         name = {"val_source": "val", "test_target": "test"}.get(f"{split}_{domain}", f"{split}_{domain}")
         self.log(f"{name}/loss", self.criterion(logits, labels), batch_size=len(labels), add_dataloader_idx=False)
-        self.log_dict(metrics, batch_size=len(labels), add_dataloader_idx=False)
         if split == "val":
             self._features[domain].append(features.detach().cpu())
 
@@ -85,8 +83,15 @@ class AdaptClassifier(ImageClassifier):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test", dataloader_idx)
 
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch_metrics(self.eval_metrics["test_source"])
+        self.log_epoch_metrics(self.eval_metrics["test_target"])
+
     def on_validation_epoch_end(self) -> None:
         from transfuse.adapt.losses import proxy_a_distance
+
+        self.log_epoch_metrics(self.eval_metrics["val_source"], prog_bar=True)
+        self.log_epoch_metrics(self.eval_metrics["val_target"])
 
         source, target = (
             (torch.cat(self._features[d]) for d in DOMAINS) if all(self._features.values()) else (None, None)

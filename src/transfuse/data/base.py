@@ -183,9 +183,9 @@ class InMemoryImageDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
-        trainer = self.trainer
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if getattr(module, "raw_inputs", False):  # a feature cache transforms only the images it has not seen
+            return images, labels
         # a model that caches features of a frozen backbone needs the same input every epoch
-        augment = (
-            trainer is not None and trainer.training and getattr(trainer.lightning_module, "wants_augmentation", True)
-        )
+        augment = self.trainer is not None and self.trainer.training and getattr(module, "wants_augmentation", True)
         return self.transform(images, train=augment), labels

@@ -100,6 +100,12 @@ class BatchTransform:
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
 
+    @property
+    def key(self) -> bytes:
+        """Names the deterministic (evaluation) transform, so cached features of one never serve another."""
+        settings = (self.image_size, self.channels, self.mean.flatten().tolist(), self.std.flatten().tolist())
+        return repr(settings).encode()
+
     def __call__(self, images: Tensor, train: bool) -> Tensor:
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         x = resize(adapt_channels(x, self.channels), self.image_size)
