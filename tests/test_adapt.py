@@ -14,7 +14,7 @@ from transfuse.train import build_model, train
 ADAPT = [*FAST, "stage=adapt", "data@target_data=synthetic_target", "data.per_class=24", "target_data.per_class=24"]
 
 
-@pytest.mark.parametrize("method", ["dann", "coral", "mmd"])
+@pytest.mark.parametrize("method", ["dann", "coral", "mmd", "source_only"])
 def test_adapt_run_logs_alignment_and_domain_gap(make_config, method):
     cfg = make_config(*ADAPT, f"adapt={method}")
     metrics = train(cfg)
@@ -26,6 +26,10 @@ def test_adapt_run_logs_alignment_and_domain_gap(make_config, method):
     for key in ("train/align_loss_epoch", "val/acc", "val_target/acc", "test/acc", "test_source/acc"):
         assert key in run.data.metrics, key
     assert 0.0 <= run.data.metrics["val/proxy_a_distance"] <= 2.0
+    if method == "source_only":  # the baseline: same pipeline, no alignment term
+        assert run.data.metrics["train/align_loss_epoch"] == 0.0
+    else:
+        assert run.data.metrics["train/align_loss_epoch"] != 0.0
     assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"])
 
 

@@ -66,3 +66,23 @@ def test_numeric_keys_sort_as_numbers(tracking_uri):
         client.set_terminated(run.info.run_id, "FINISHED")
     groups = summarise(fetch_runs(client, ["labels"]), ["tags.labels"], "test/acc")
     assert [g.key for g in groups] == [("1",), ("5",), ("10",), ("50",)]
+
+
+def test_columns_pivot_with_the_best_of_each_column_in_bold(tracking_uri, tmp_path):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("pairs")
+    values = {("dann", "a->b"): [0.6, 0.8], ("dann", "b->a"): [0.3, 0.5], ("coral", "a->b"): [0.5, 0.5]}
+    for (method, pair), accuracies in values.items():
+        for accuracy in accuracies:
+            run = client.create_run(experiment, tags={"method": method, "pair": pair})
+            client.log_metric(run.info.run_id, "test/acc", accuracy)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    out = tmp_path / "pivot.md"
+    select = ["--experiment", "pairs", "--tracking-uri", tracking_uri, "--rows", "tags.method"]
+    main([*select, "--columns", "tags.pair", "--order", "coral,dann", "--error", "sem", "--markdown", str(out)])
+    lines = out.read_text().splitlines()
+    assert lines[0] == "| tags.method | a->b | b->a |"
+    assert lines[2] == "| coral | 0.5000 ± 0.0000 | n/a |"  # no coral run on b->a
+    # dann a->b: mean 0.7, std 0.1414, sem = std / sqrt(2) = 0.1; b->a likewise
+    assert lines[3] == "| dann | **0.7000 ± 0.1000** | **0.4000 ± 0.1000** |"
+    assert "test/acc (mean ± sem), n = 2 runs per cell" in lines[-1]

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from mlflow import MlflowClient
 
 from tests.conftest import FAST
+from transfuse import weights
 from transfuse.errors import ConfigError, WeightsError
 from transfuse.train import build_model, train
 from transfuse.weights import read_file
@@ -79,8 +80,6 @@ def _finetune_matches_source(make_config, client, run, weights_spec, tmp_path):
     cfg = make_config(*FAST, "data=synthetic_target", "stage=finetune", f"init.weights={weights_spec}")
     saved, _ = read_file(client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path)))
     model = build_model(cfg, ["disk", "square", "triangle", "cross"])
-    from transfuse import weights
-
     source = weights.resolve(cfg.init.weights, client, model.backbone)
     assert source.run_id == run.info.run_id
     weights.load_into(model, source, ["disk", "square", "triangle", "cross"])
@@ -210,3 +209,31 @@ def test_exception_mid_fit_leaves_the_run_failed(make_config):
     assert [r.info.status for r in runs] == ["FAILED"]
     assert runs[0].data.tags["error"] == "RuntimeError: boom in the middle of fit"
     assert runs[0].info.end_time is not None
+
+
+def test_evaluate_with_adabn_tests_the_source_with_target_statistics(pretrained, make_config):
+    _, run, _, client = pretrained
+    target = ["data=synthetic_target", "data.per_class=24", "data.batch_size=512"]  # one batch: order-free stats
+    common = [*FAST, *target, "stage=evaluate", f"init.weights=runs:/{run.info.run_id}"]
+    plain = train(make_config(*common))
+    adapted = train(make_config(*common, "finetune.bn=adabn"))
+    # by hand: the source weights, BatchNorm statistics of the target training images, then the test split
+    cfg = make_config(*common)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg, datamodule.class_names)
+    weights.load_into(model, weights.resolve(f"runs:/{run.info.run_id}", client, model.backbone), model.class_names)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    with torch.no_grad():
+        model.backbone(datamodule.transform(datamodule.splits["train"].images, train=False))
+        model.eval()
+        test = datamodule.splits["test"]
+        logits = model(datamodule.transform(test.images, train=False))
+    expected_loss = torch.nn.functional.cross_entropy(logits, test.labels).item()
+    expected_acc = (logits.argmax(1) == test.labels).float().mean().item()
+    assert adapted["test/loss"] == pytest.approx(expected_loss, rel=1e-4)
+    assert adapted["test/acc"] == pytest.approx(expected_acc)
+    assert adapted["test/loss"] != pytest.approx(plain["test/loss"], rel=1e-3)

@@ -76,6 +76,7 @@ class Strategy(Callback):
             bn,
             cache_features,
         )
+        self._bn_adapted = False
 
     # --- freezing ---------------------------------------------------------------------------------------
     def apply(self, model: ImageClassifier) -> None:
@@ -138,6 +139,13 @@ class Strategy(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.bn == "adabn":
             adapt_batchnorm(pl_module, trainer)
+            self._bn_adapted = True
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # without a fit (stage=evaluate), AdaBN is the test-time baseline: source weights, target statistics
+        if self.bn == "adabn" and not self._bn_adapted:
+            adapt_batchnorm(pl_module, trainer)
+            self._bn_adapted = True
 
 
 class Full(Strategy):

@@ -89,13 +89,51 @@ def summarise(runs: Sequence[Run], rows: Sequence[str], metric: str, order: Sequ
     return sorted((Group(k, v) for k, v in groups.items()), key=position)
 
 
-def markdown(groups: Sequence[Group], rows: Sequence[str], metric: str, lower_is_better: bool = False) -> str:
-    """A Markdown table of mean ± std (sample standard deviation over runs) and n; best mean in bold."""
-    best = (min if lower_is_better else max)((g.mean for g in groups), default=math.nan)
-    lines = [f"| {' | '.join(rows)} | {metric} (mean ± std) | n |", "|" + "---|" * (len(rows) + 2)]
-    for g in groups:
-        cell = f"{g.mean:.4f} ± {g.std:.4f}" if g.n > 1 else f"{g.mean:.4f}"
-        lines.append(f"| {' | '.join(g.key)} | {f'**{cell}**' if g.mean == best else cell} | {g.n} |")
+def _cell(group: Group | None, error: str, best: float) -> str:
+    if group is None:
+        return "n/a"
+    spread = group.std if error == "std" else group.sem
+    cell = f"{group.mean:.4f} ± {spread:.4f}" if group.n > 1 else f"{group.mean:.4f}"
+    return f"**{cell}**" if group.mean == best else cell
+
+
+def markdown(
+    groups: Sequence[Group],
+    rows: Sequence[str],
+    metric: str,
+    lower_is_better: bool = False,
+    columns: int = 0,
+    error: str = "std",
+) -> str:
+    """A Markdown table of mean ± ``error`` (``std``: sample standard deviation over runs, ``sem``: standard
+    error of the mean) with n; the best mean of each column in bold.
+
+    The last ``columns`` grouping keys are pivoted into columns (``columns=1`` with rows ``method,pair``
+    gives one row per method and one column per pair); otherwise each group is a row with an ``n`` column.
+    """
+    if error not in ("std", "sem"):
+        raise ValueError(f"error must be std or sem, got {error!r}")
+    pick = min if lower_is_better else max
+    label = f"{metric} (mean ± {error})"
+    if columns == 0:
+        best = pick((g.mean for g in groups), default=math.nan)
+        lines = [f"| {' | '.join(rows)} | {label} | n |", "|" + "---|" * (len(rows) + 2)]
+        lines += [f"| {' | '.join(g.key)} | {_cell(g, error, best)} | {g.n} |" for g in groups]
+        return "\n".join(lines)
+    split = len(rows) - columns
+    if split < 1:
+        raise ValueError(f"{columns} column keys leave no row key among {list(rows)}")
+    row_keys = list(dict.fromkeys(g.key[:split] for g in groups))
+    col_keys = list(dict.fromkeys(g.key[split:] for g in groups))
+    cells = {(g.key[:split], g.key[split:]): g for g in groups}
+    best = {c: pick(g.mean for (_, gc), g in cells.items() if gc == c) for c in col_keys}
+    counts = sorted({g.n for g in groups})
+    header = [*rows[:split], *(" / ".join(c) for c in col_keys)]
+    lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+    for r in row_keys:
+        lines.append(f"| {' | '.join([*r, *(_cell(cells.get((r, c)), error, best[c]) for c in col_keys)])} |")
+    n = counts[0] if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    lines.append(f"\n{label}, n = {n} runs per cell; columns: {', '.join(rows[split:])}")
     return "\n".join(lines)
 
 
@@ -104,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--experiment", action="append", required=True, help="MLflow experiment name (repeatable)")
     parser.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.study_run = '20261124'\"")
     parser.add_argument("--rows", default="tags.method", help="comma-separated grouping keys")
+    parser.add_argument("--columns", default="", help="comma-separated keys whose values become columns")
+    parser.add_argument("--error", choices=("std", "sem"), default="std", help="the ± shown: std or standard error")
     parser.add_argument("--metric", default="test/acc")
     parser.add_argument("--order", default="", help="comma-separated order of the first key's values")
     parser.add_argument("--lower-is-better", action="store_true", help="bold the smallest mean (loss, ECE)")
@@ -111,11 +151,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
     args = parser.parse_args(argv)
     rows = [k.strip() for k in args.rows.split(",") if k.strip()]
+    columns = [k.strip() for k in args.columns.split(",") if k.strip()]
     runs = fetch_runs(MlflowClient(args.tracking_uri), args.experiment, args.filter)
-    groups = summarise(runs, rows, args.metric, [o for o in args.order.split(",") if o])
+    groups = summarise(runs, [*rows, *columns], args.metric, [o for o in args.order.split(",") if o])
     if not groups:
         raise SystemExit(f"transfuse-report: error: no FINISHED run with metric {args.metric!r} matches")
-    table = markdown(groups, rows, args.metric, args.lower_is_better)
+    table = markdown(groups, [*rows, *columns], args.metric, args.lower_is_better, len(columns), args.error)
     print(table)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ them with the backbone's feature width.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from transfuse.adapt.losses import (
@@ -16,6 +17,17 @@ from transfuse.adapt.losses import (
     ganin_lambda,
     mmd_loss,
 )
+
+
+class SourceOnly(nn.Module):
+    """No alignment: the source-only baseline, trained through exactly the same pipeline and budget as the
+    methods it is compared with (the target images pass through the backbone but change nothing)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+
+    def forward(self, source: Tensor, target: Tensor, progress: float) -> Tensor:
+        return torch.zeros((), device=source.device, dtype=source.dtype)
 
 
 class DANN(nn.Module):
