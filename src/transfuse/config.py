@@ -46,7 +46,12 @@ def register_resolvers() -> None:
 
 
 def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/train.yaml`` outside the CLI (tests, benchmarks, notebooks) as ``transfuse-train`` would.
+    """Compose ``conf/train.yaml`` outside the CLI (tests, benchmarks, notebooks) as ``transfuse-train`` would."""
+    return compose_config("train", overrides, output_dir)
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` outside the CLI as its entry point would.
 
     Hydra's runtime values that the configs interpolate (``output_dir``, ``cwd``, the group choices used as
     tags) are filled in, then the ``hydra`` node is dropped as it is for a real job.
@@ -58,7 +63,7 @@ def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.runtime.cwd = str(output_dir.parent)

@@ -19,3 +19,7 @@ class DataError(TransfuseError):
 
 class WeightsError(TransfuseError):
     """Initial weights cannot be found or do not fit the model."""
+
+
+class FusionError(TransfuseError):
+    """Fusion members cannot be found, loaded or combined (e.g. a soup of different architectures)."""

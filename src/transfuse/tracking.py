@@ -16,17 +16,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, Run, RunStatus
 from omegaconf import DictConfig, OmegaConf
 
 from transfuse.weights import Checkpoint, LoadReport
@@ -160,6 +161,25 @@ class TrackedRun:
                 "mlflow.note.content",
                 f"Initialised from run [{source.info.run_name}]({link}) (`{checkpoint.source}`).",
             )
+
+    def log_members(self, runs: Sequence[Run]) -> None:
+        """Tag a fusion with its member runs (``members``, ``member.<i>``) and link them in its description."""
+        self.client.set_tag(self.run_id, "members", ",".join(r.info.run_id for r in runs))
+        self.client.set_tag(self.run_id, "member_count", str(len(runs)))
+        links = []
+        for i, member in enumerate(runs):
+            self.client.set_tag(self.run_id, f"member.{i}", member.info.run_id)
+            link = f"#/experiments/{member.info.experiment_id}/runs/{member.info.run_id}"
+            links.append(f"{i}. [{member.info.run_name}]({link}) `{member.info.run_id}`")
+        self.client.set_tag(self.run_id, "mlflow.note.content", "Fusion of:\n\n" + "\n".join(links))
+
+    def log_state_dict(self, state: Mapping[str, Any], class_names: Sequence[str], name: str = "best.ckpt") -> None:
+        """Upload weights made outside Lightning (a soup) as ``checkpoints/<name>``, readable by ``init.weights``."""
+        with tempfile.TemporaryDirectory() as staging:
+            torch.save(
+                {"state_dict": dict(state), "transfuse": {"class_names": list(class_names)}}, Path(staging) / name
+            )
+            self.client.log_artifacts(self.run_id, staging, "checkpoints")
 
     def log_checkpoints(self, trainer: Trainer, last: Path, last_mode: str = "weights") -> None:
         """Upload the best checkpoint and the final state as ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``.

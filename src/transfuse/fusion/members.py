@@ -1,0 +1,146 @@
+"""Trained runs as fusion members: found in MLflow, rebuilt from their logged config, loaded from a checkpoint.
+
+A member keeps its own input transform (image size, channels, normalisation of its backbone), so one raw
+uint8 batch from the fusion's datamodule can feed members built on different backbones.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from transfuse import weights
+from transfuse.data.transforms import BatchTransform
+from transfuse.errors import FusionError
+
+
+class Classifier(nn.Module):
+    """Backbone then head, keyed like :class:`~transfuse.models.ImageClassifier` (``backbone.*``, ``head.*``)
+    so its state dict loads into a training run with ``init.weights``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))
+
+
+@dataclass
+class Member:
+    """One trained run, ready to predict."""
+
+    run: Run
+    config: DictConfig
+    net: Classifier
+    transform: BatchTransform
+    source: str  # the weights it was initialised from (``init.source`` tag), or "" when trained from scratch
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    @property
+    def label(self) -> str:
+        return f"{self.run.info.run_name} ({self.run_id[:8]})"
+
+    @torch.no_grad()
+    def predict(self, raw: Tensor, batch_size: int = 256) -> Tensor:
+        """Logits ``[N, C]`` of raw uint8 images, through this member's own transform."""
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        out = [
+            self.net(self.transform(raw[i : i + batch_size].to(device), train=False)).float().cpu()
+            for i in range(0, len(raw), batch_size)
+        ]
+        return torch.cat(out)
+
+
+def _experiment_ids(client: MlflowClient, names: Sequence[str]) -> list[str]:
+    if not names:
+        return [e.experiment_id for e in client.search_experiments()]
+    ids = []
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise FusionError(f"no MLflow experiment named {name!r} in {client.tracking_uri}")
+        ids.append(experiment.experiment_id)
+    return ids
+
+
+def find_members(
+    client: MlflowClient, run_ids: Sequence[str] = (), query: str | None = None, experiments: Sequence[str] = ()
+) -> list[Run]:
+    """The member runs: ``run_ids`` in the given order, or the FINISHED runs matching an MLflow filter
+    (oldest first). Exactly one of the two must be given; every member must have FINISHED."""
+    run_ids = list(dict.fromkeys(str(r) for r in run_ids or ()))
+    if bool(run_ids) == bool(query):
+        raise FusionError('give the members as pool.runs=[<run id>,...] or pool.filter="<MLflow filter>", not both')
+    if query:
+        try:
+            runs = client.search_runs(
+                _experiment_ids(client, experiments),
+                f"{query} and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time ASC"],
+                max_results=1000,
+            )
+        except MlflowException as err:
+            raise FusionError(f"invalid pool.filter {query!r}: {err.message}") from None
+        if not runs:
+            raise FusionError(f"no FINISHED run matches pool.filter {query!r} in {client.tracking_uri}")
+        return runs
+    runs = []
+    for run_id in run_ids:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise FusionError(f"no MLflow run with id {run_id!r} in {client.tracking_uri}") from None
+        if run.info.status != "FINISHED":
+            raise FusionError(
+                f"run {run_id} ({run.info.run_name}) is {run.info.status}; only FINISHED runs can be fused"
+            )
+        runs.append(run)
+    return runs
+
+
+def _run_config(client: MlflowClient, run: Run) -> DictConfig:
+    with tempfile.TemporaryDirectory(prefix="transfuse-member-") as directory:
+        try:
+            path = client.download_artifacts(run.info.run_id, "config.yaml", directory)
+        except (MlflowException, OSError):
+            raise FusionError(
+                f"run {run.info.run_id} ({run.info.run_name}) has no config.yaml; "
+                "members must come from transfuse-train"
+            ) from None
+        return OmegaConf.load(Path(path))
+
+
+def load_member(client: MlflowClient, run: Run, class_names: list[str]) -> Member:
+    """Rebuild a run's backbone and head from its logged config and load its best checkpoint.
+
+    Only ``backbone.*`` and ``head.*`` tensors are kept (an adaptation run's discriminator is not part of the
+    classifier). A member trained on other classes than the fusion's data is refused.
+    """
+    config = _run_config(client, run)
+    if "backbone" not in config or "head" not in config or "data" not in config:
+        raise FusionError(f"run {run.info.run_id} ({run.info.run_name}) is not a classifier training run")
+    backbone = instantiate(config.backbone)
+    head = instantiate(config.head, in_features=backbone.num_features, num_classes=len(class_names))
+    net = Classifier(backbone, head)
+    checkpoint = weights.resolve(f"runs:/{run.info.run_id}", client, backbone)
+    kept = {k: v for k, v in checkpoint.state_dict.items() if k.startswith(("backbone.", "head."))}
+    checkpoint = weights.Checkpoint(kept, checkpoint.source, checkpoint.class_names, checkpoint.run_id)
+    weights.load_into(net, checkpoint, class_names, on_head_mismatch="error")
+    data = config.data
+    transform = BatchTransform(data.image_size, data.channels, list(data.mean), list(data.std))
+    return Member(run, config, net.eval(), transform, run.data.tags.get("init.source", ""))

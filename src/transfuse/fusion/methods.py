@@ -1,0 +1,156 @@
+"""The ``method=`` options of ``transfuse-fuse``: each turns members and held-out data into one fused model.
+
+A method gets a :class:`Pool` (the loaded members, their logits on the validation and test splits, the raw
+images and labels) and returns a :class:`Fused`: its logits per split, a ``predict`` function from raw images
+(used to time it), its parameter count, any fusion weights, and for soups the weights to save.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from transfuse.fusion import combine
+from transfuse.fusion.members import Member
+from transfuse.fusion.soups import average_state_dicts, check_soup_members, greedy_soup
+
+
+@dataclass
+class Pool:
+    """Members and what every method needs of the data; ``logits[split]`` is ``[M, N, C]``."""
+
+    members: list[Member]
+    images: dict[str, Tensor]
+    labels: dict[str, Tensor]
+    logits: dict[str, Tensor]
+
+    def accuracy(self, logits: Tensor, split: str) -> float:
+        return float((logits.argmax(-1) == self.labels[split]).float().mean())
+
+    def member_accuracy(self, split: str) -> list[float]:
+        return [self.accuracy(member_logits, split) for member_logits in self.logits[split]]
+
+
+@dataclass
+class Fused:
+    """A fused model: its scores per split and what it costs."""
+
+    logits: dict[str, Tensor]
+    predict: Callable[[Tensor], Tensor]
+    params: int
+    used: list[int]
+    weights: dict[str, float] = field(default_factory=dict)
+    state_dict: dict[str, Tensor] | None = None
+
+
+def _params(members: list[Member], used: list[int]) -> int:
+    return sum(p.numel() for i in used for p in members[i].net.parameters())
+
+
+class DecisionRule:
+    """Combine every member's logits with a fixed rule (``logit_mean``, ``prob_mean``, ``vote``)."""
+
+    rule: Callable[[Tensor], Tensor] = staticmethod(combine.logit_mean)
+
+    def fuse(self, pool: Pool) -> Fused:
+        members, used = pool.members, list(range(len(pool.members)))
+        return Fused(
+            {split: self.rule(logits) for split, logits in pool.logits.items()},
+            lambda raw: self.rule(torch.stack([m.predict(raw) for m in members])),
+            _params(members, used),
+            used,
+        )
+
+
+class LogitMean(DecisionRule):
+    rule = staticmethod(combine.logit_mean)
+
+
+class ProbMean(DecisionRule):
+    rule = staticmethod(combine.prob_mean)
+
+
+class Vote(DecisionRule):
+    rule = staticmethod(combine.vote)
+
+
+class Weighted:
+    """Weighted probability average, the weights fitted on the validation split (negative log-likelihood)."""
+
+    def __init__(self, steps: int = 300, lr: float = 0.1) -> None:
+        self.steps, self.lr = steps, lr
+
+    def fuse(self, pool: Pool) -> Fused:
+        w = combine.fit_weights(pool.logits["val"], pool.labels["val"], self.steps, self.lr)
+        members, used = pool.members, list(range(len(pool.members)))
+        return Fused(
+            {split: combine.weighted(logits, w) for split, logits in pool.logits.items()},
+            lambda raw: combine.weighted(torch.stack([m.predict(raw) for m in members]), w),
+            _params(members, used),
+            used,
+            {f"weight/{i}": float(v) for i, v in enumerate(w)},
+        )
+
+
+class Stacking:
+    """A logistic-regression meta-learner on the members' validation log-probabilities."""
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
+        self.C, self.max_iter = C, max_iter
+
+    def fuse(self, pool: Pool) -> Fused:
+        stacker = combine.Stacker(self.C, self.max_iter).fit(pool.logits["val"], pool.labels["val"])
+        members, used = pool.members, list(range(len(pool.members)))
+        coef = torch.as_tensor(stacker.model.coef_).abs()  # [C, M * C]: how much each member is listened to
+        share = coef.view(coef.shape[0], len(members), -1).sum(dim=(0, 2))
+        return Fused(
+            {split: stacker(logits) for split, logits in pool.logits.items()},
+            lambda raw: stacker(torch.stack([m.predict(raw) for m in members])),
+            _params(members, used),
+            used,
+            {f"weight/{i}": float(v) for i, v in enumerate(share / share.sum())},
+        )
+
+
+class _Soup:
+    def __init__(self, require_shared_init: bool = True) -> None:
+        self.require_shared_init = require_shared_init
+
+    def _model(self, pool: Pool, state: dict[str, Tensor]) -> Member:
+        member = copy.copy(pool.members[0])
+        member.net = copy.deepcopy(member.net)
+        member.net.load_state_dict(state)
+        return member
+
+    def _fused(self, pool: Pool, state: dict[str, Tensor], used: list[int]) -> Fused:
+        soup = self._model(pool, state)
+        logits = {split: soup.predict(images) for split, images in pool.images.items()}
+        weights = {f"weight/{i}": (1.0 / len(used) if i in used else 0.0) for i in range(len(pool.members))}
+        return Fused(logits, soup.predict, _params(pool.members, used[:1]), used, weights, state)
+
+
+class UniformSoup(_Soup):
+    """The element-wise mean of every member's weights."""
+
+    def fuse(self, pool: Pool) -> Fused:
+        check_soup_members(pool.members, self.require_shared_init)
+        used = list(range(len(pool.members)))
+        return self._fused(pool, average_state_dicts([m.net.state_dict() for m in pool.members]), used)
+
+
+class GreedySoup(_Soup):
+    """Members by validation accuracy, each kept only if the soup's validation accuracy improves."""
+
+    def fuse(self, pool: Pool) -> Fused:
+        check_soup_members(pool.members, self.require_shared_init)
+
+        def evaluate(state: dict[str, Tensor]) -> float:
+            return pool.accuracy(self._model(pool, state).predict(pool.images["val"]), "val")
+
+        states = [m.net.state_dict() for m in pool.members]
+        state, used, _ = greedy_soup(states, pool.member_accuracy("val"), evaluate)
+        return self._fused(pool, state, used)

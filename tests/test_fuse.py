@@ -1,0 +1,171 @@
+"""transfuse-fuse over real runs trained in the test, read back from MLflow."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from mlflow import MlflowClient
+
+from tests.conftest import FAST, compose_config
+from transfuse import weights
+from transfuse.config import compose_config as compose_named
+from transfuse.errors import FusionError
+from transfuse.fuse import fuse
+from transfuse.train import build_model, train
+
+DATA = ["data=synthetic", "data.per_class=24"]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """A source pretraining and two fine-tunes of it (other seed and learning rate), all FINISHED."""
+    root = tmp_path_factory.mktemp("zoo")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = "zoo"
+    counter = itertools.count()
+
+    def run(*overrides):
+        overrides = [*FAST, f"logger.tracking_uri={uri}", "logger.experiment_name=zoo", *overrides]
+        cfg = compose_config(overrides, root / f"run{next(counter)}")
+        train(cfg)
+        runs = client.search_runs(
+            [client.get_experiment_by_name(experiment).experiment_id], order_by=["attributes.start_time DESC"]
+        )
+        return runs[0]
+
+    source = run("+tags.role=source")
+    members = [
+        run("stage=finetune", f"init.weights=runs:/{source.info.run_id}", f"seed={seed}", f"optimizer.lr={lr}")
+        for seed, lr in ((1, 1e-3), (2, 3e-3))
+    ]
+    return root, uri, source, members
+
+
+def _fuse(zoo, *overrides, ids=None):
+    root, uri, _, members = zoo
+    ids = ids if ids is not None else [m.info.run_id for m in members]
+    pool = f"pool.runs=[{','.join(ids)}]"
+    cfg = compose_named(
+        "fuse", [*DATA, f"logger.tracking_uri={uri}", "logger.experiment_name=fused", pool, *overrides], root / "fuse"
+    )
+    return cfg, fuse(cfg)
+
+
+def _latest(uri, experiment="fused"):
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id], order_by=["attributes.start_time DESC"]
+    )
+    return client, runs[0]
+
+
+def _hand_logits(zoo, run) -> tuple[torch.Tensor, torch.Tensor]:
+    """A member's test logits through the training code path (ImageClassifier), not the fusion one."""
+    root, uri, _, _ = zoo
+    cfg = compose_config([*FAST, f"logger.tracking_uri={uri}"], root / "hand")
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg, datamodule.class_names)
+    weights.load_into(
+        model, weights.resolve(f"runs:/{run.info.run_id}", MlflowClient(uri), model.backbone), model.class_names
+    )
+    model.eval()
+    test = datamodule.splits["test"]
+    with torch.no_grad():
+        return model(datamodule.transform(test.images, train=False)), test.labels
+
+
+def test_logit_mean_is_tracked_with_its_members_and_matches_a_hand_ensemble(zoo):
+    _, uri, _, members = zoo
+    _, metrics = _fuse(zoo, "method=logit_mean")
+    client, run = _latest(uri)
+    assert run.info.status == "FINISHED"
+    ids = [m.info.run_id for m in members]
+    assert run.data.tags["members"] == ",".join(ids) and run.data.tags["member.1"] == ids[1]
+    assert run.data.tags["stage"] == "fuse" and run.data.tags["method"] == "logit_mean"
+    assert ids[0] in run.data.tags["mlflow.note.content"]
+    for i, member in enumerate(members):  # each member scores on the fusion's test split what it scored in training
+        assert run.data.metrics[f"member/{i}/test/acc"] == pytest.approx(member.data.metrics["test/acc"], abs=1e-6)
+    hand = [_hand_logits(zoo, m) for m in members]
+    labels = hand[0][1]
+    expected = ((hand[0][0] + hand[1][0]) / 2).argmax(1).eq(labels).float().mean().item()
+    assert run.data.metrics["test/acc"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"])
+    params = sum(p.numel() for p in build_model(compose_config(FAST, zoo[0] / "p"), ["a", "b", "c", "d"]).parameters())
+    assert run.data.metrics["cost/params"] == 2 * params  # an ensemble costs all of its members
+    assert run.data.metrics["cost/latency_ms_per_image"] > 0
+
+
+@pytest.mark.parametrize("method", ["prob_mean", "vote", "weighted", "stacking", "uniform_soup"])
+def test_every_method_runs_over_real_members(zoo, method):
+    _, uri, _, _ = zoo
+    _fuse(zoo, f"method={method}")
+    _, run = _latest(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["method"] == method
+    assert 0.0 <= run.data.metrics["test/acc"] <= 1.0 and "val/ece" in run.data.metrics
+    if method in ("weighted", "stacking", "uniform_soup"):
+        assert run.data.metrics["weight/0"] + run.data.metrics["weight/1"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_greedy_soup_beats_no_member_on_val_and_saves_weights_training_can_load(zoo, tmp_path):
+    _, uri, _, _ = zoo
+    _, metrics = _fuse(zoo, "method=greedy_soup")
+    client, run = _latest(uri)
+    best_member_val = max(run.data.metrics[f"member/{i}/val/acc"] for i in range(2))
+    assert run.data.metrics["val/acc"] >= best_member_val
+    params = run.data.metrics["cost/params"]
+    assert params > 0 and run.data.metrics["cost/members_used"] in (1.0, 2.0)
+    # the soup is a checkpoint: evaluating it with transfuse-train reproduces the fused test accuracy
+    cfg = compose_config(
+        [*FAST, f"logger.tracking_uri={uri}", "stage=evaluate", f"init.weights=runs:/{run.info.run_id}"], tmp_path
+    )
+    evaluated = train(cfg)
+    assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+def test_members_without_a_shared_start_are_refused_and_the_run_fails(zoo):
+    _, uri, source, members = zoo
+    with pytest.raises(FusionError, match="trained from scratch"):
+        _fuse(zoo, "method=uniform_soup", ids=[source.info.run_id, members[0].info.run_id])
+    _, run = _latest(uri)
+    assert run.info.status == "FAILED" and "trained from scratch" in run.data.tags["error"]
+
+
+def test_bad_pools_fail_clearly(zoo):
+    _, uri, _, members = zoo
+    with pytest.raises(FusionError, match="no MLflow run with id 'nope'"):
+        _fuse(zoo, ids=["nope"])
+    with pytest.raises(FusionError, match="not both"):
+        _fuse(zoo, "pool.filter=\"tags.stage = 'finetune'\"")
+    with pytest.raises(FusionError, match="no FINISHED run matches"):
+        _fuse(zoo, "pool.filter=\"tags.stage = 'nothing'\"", ids=[])
+    # a filter selects the members too
+    _fuse(zoo, "pool.filter=\"tags.stage = 'finetune'\"", "pool.experiments=[zoo]", ids=[])
+    _, run = _latest(uri)
+    assert run.info.status == "FINISHED"
+    assert set(run.data.tags["members"].split(",")) == {m.info.run_id for m in members}
+
+
+def test_cli_prints_one_line_for_a_wrong_run_id(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(
+        [sys.executable, "-m", "transfuse.fuse", *DATA, "pool.runs=[abc123]"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "transfuse-fuse: error: no MLflow run with id 'abc123' in sqlite:///mlflow.db"
+    client = MlflowClient(f"sqlite:///{Path(tmp_path) / 'mlflow.db'}")
+    (failed,) = client.search_runs([client.get_experiment_by_name("transfuse").experiment_id])
+    assert failed.info.status == "FAILED"
