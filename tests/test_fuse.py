@@ -85,7 +85,7 @@ def _hand_logits(zoo, run) -> tuple[torch.Tensor, torch.Tensor]:
 def test_logit_mean_is_tracked_with_its_members_and_matches_a_hand_ensemble(zoo):
     _, uri, _, members = zoo
     _, metrics = _fuse(zoo, "method=logit_mean")
-    client, run = _latest(uri)
+    _, run = _latest(uri)
     assert run.info.status == "FINISHED"
     ids = [m.info.run_id for m in members]
     assert run.data.tags["members"] == ",".join(ids) and run.data.tags["member.1"] == ids[1]
@@ -117,7 +117,7 @@ def test_every_method_runs_over_real_members(zoo, method):
 def test_greedy_soup_beats_no_member_on_val_and_saves_weights_training_can_load(zoo, tmp_path):
     _, uri, _, _ = zoo
     _, metrics = _fuse(zoo, "method=greedy_soup")
-    client, run = _latest(uri)
+    _, run = _latest(uri)
     best_member_val = max(run.data.metrics[f"member/{i}/val/acc"] for i in range(2))
     assert run.data.metrics["val/acc"] >= best_member_val
     params = run.data.metrics["cost/params"]

@@ -135,7 +135,7 @@ def test_soup_members_must_share_architecture_transform_and_initialisation():
     check_soup_members([_member(_net(4), "runs:/a"), _member(_net(4), "runs:/a")])
     with pytest.raises(FusionError, match=r"member 1 .* different architecture \(backbone\.1\.weight"):
         check_soup_members([_member(_net(4), "runs:/a"), _member(_net(5), "runs:/a")])
-    with pytest.raises(FusionError, match="member 2 .* different input transform"):
+    with pytest.raises(FusionError, match=r"member 2 .* different input transform"):
         check_soup_members([_member(_net(4), "x"), _member(_net(4), "x"), _member(_net(4), "x", size=16)])
     with pytest.raises(FusionError, match=r"another initialisation \(runs:/b vs member 0's runs:/a\)"):
         check_soup_members([_member(_net(4), "runs:/a"), _member(_net(4), "runs:/b")])
