@@ -103,7 +103,7 @@ def test_logit_mean_is_tracked_with_its_members_and_matches_a_hand_ensemble(zoo)
     assert run.data.metrics["cost/latency_ms_per_image"] > 0
 
 
-@pytest.mark.parametrize("method", ["prob_mean", "vote", "weighted", "stacking", "uniform_soup"])
+@pytest.mark.parametrize("method", ["prob_mean", "vote", "weighted", "stacking", "uniform_soup", "feature_concat"])
 def test_every_method_runs_over_real_members(zoo, method):
     _, uri, _, _ = zoo
     _fuse(zoo, f"method={method}")
@@ -169,3 +169,19 @@ def test_cli_prints_one_line_for_a_wrong_run_id(tmp_path):
     client = MlflowClient(f"sqlite:///{Path(tmp_path) / 'mlflow.db'}")
     (failed,) = client.search_runs([client.get_experiment_by_name("transfuse").experiment_id])
     assert failed.info.status == "FAILED"
+
+
+def test_distilled_student_is_one_model_that_training_can_load(zoo, tmp_path):
+    _, uri, source, _ = zoo
+    student = ["backbone=test_resnet", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+    _, metrics = _fuse(zoo, "method=distill", f"method.student_init=runs:/{source.info.run_id}", *student)
+    client, run = _latest(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["source_run_id"] == source.info.run_id
+    assert "train/distill_loss" in run.data.metrics and len(client.get_metric_history(run.info.run_id, "val/acc")) >= 2
+    # one student: the parameters of one test_resnet classifier, not of the two members
+    one = build_model(compose_config(FAST, tmp_path / "p"), ["a", "b", "c", "d"])
+    assert run.data.metrics["cost/params"] == sum(p.numel() for p in one.parameters())
+    cfg = compose_config(
+        [*FAST, f"logger.tracking_uri={uri}", "stage=evaluate", f"init.weights=runs:/{run.info.run_id}"], tmp_path
+    )
+    assert train(cfg)["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)

@@ -142,3 +142,15 @@ def test_soup_members_must_share_architecture_transform_and_initialisation():
     with pytest.raises(FusionError, match="trained from scratch"):
         check_soup_members([_member(_net(4), ""), _member(_net(4), "")])
     check_soup_members([_member(_net(4), "runs:/a"), _member(_net(4), "runs:/b")], require_shared_init=False)
+
+
+def test_distillation_loss_by_hand():
+    from transfuse.fusion.distill import distillation_loss
+
+    teacher = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    assert distillation_loss(teacher, teacher, 3.0).item() == pytest.approx(0.0, abs=1e-7)
+    student = torch.tensor([[0.0, 1.0, 0.0], [1.0, -1.0, 0.0]])
+    t = 2.0
+    p, q = torch.softmax(teacher / t, -1), torch.softmax(student / t, -1)
+    expected = t**2 * (p * (p.log() - q.log())).sum(-1).mean()
+    assert distillation_loss(student, teacher, t).item() == pytest.approx(expected.item(), rel=1e-6)

@@ -22,12 +22,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from transfuse import weights
 from transfuse.config import CONF_DIR, register_resolvers
 from transfuse.errors import TransfuseError
 from transfuse.fusion.members import find_members, load_member
 from transfuse.fusion.methods import Fused, Pool
 from transfuse.models.classifier import classification_metrics
 from transfuse.tracking import tracked_run
+from transfuse.train import build_model
 
 log = logging.getLogger("transfuse")
 register_resolvers()
@@ -63,9 +65,27 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
         runs = find_members(run.client, cfg.pool.runs, cfg.pool.filter, cfg.pool.experiments)
         run.log_members(runs)
         members = [load_member(run.client, r, class_names) for r in runs]
-        images = {s: datamodule.splits[s].images for s in SPLITS}
-        labels = {s: datamodule.splits[s].labels for s in SPLITS}
-        pool = Pool(members, images, labels, {s: torch.stack([m.predict(images[s]) for m in members]) for s in SPLITS})
+        images = {s: datamodule.splits[s].images for s in ("train", *SPLITS)}
+        labels = {s: datamodule.splits[s].labels for s in ("train", *SPLITS)}
+        logits = {s: torch.stack([m.predict(images[s]) for m in members]) for s in SPLITS}
+
+        def build_student(init: str = "none", **extra: object) -> L.LightningModule:
+            student = build_model(cfg, class_names, **extra)
+            source = weights.resolve(init, run.client, student.backbone)
+            if source is not None:
+                run.log_source(source, weights.load_into(student, source, class_names, "reinit"))
+            return student
+
+        def fit(model: L.LightningModule) -> L.LightningModule:
+            callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+            trainer = instantiate(cfg.trainer, logger=run.logger(**cfg.logger.metrics), callbacks=callbacks)
+            trainer.fit(model, datamodule=datamodule)
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
+            if best:
+                model.load_state_dict(weights.read_file(best)[0])
+            return model
+
+        pool = Pool(members, images, labels, logits, build_student, fit)
         log.info("fusing %d members with %s", len(members), type(method).__name__)
         fused = method.fuse(pool)
 

@@ -30,8 +30,9 @@ log = logging.getLogger("transfuse")
 register_resolvers()
 
 
-def build_model(cfg: DictConfig, class_names: list[str]) -> L.LightningModule:
-    """Instantiate backbone, head, optimiser, scheduler and strategy, and join them in ``cfg.model``."""
+def build_model(cfg: DictConfig, class_names: list[str], **extra: object) -> L.LightningModule:
+    """Instantiate backbone, head, optimiser, scheduler and strategy, and join them in ``cfg.model``
+    (``extra`` keyword arguments go to the model, e.g. a distillation teacher)."""
     backbone = instantiate(cfg.backbone)
     head = instantiate(cfg.head, in_features=backbone.num_features, num_classes=len(class_names))
     return instantiate(
@@ -43,6 +44,7 @@ def build_model(cfg: DictConfig, class_names: list[str]) -> L.LightningModule:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         finetune=instantiate(cfg.finetune),
         class_names=class_names,
+        **extra,
     )
 
 

@@ -55,6 +55,17 @@ class Member:
         return f"{self.run.info.run_name} ({self.run_id[:8]})"
 
     @torch.no_grad()
+    def features(self, raw: Tensor, batch_size: int = 256) -> Tensor:
+        """Pooled backbone features ``[N, D]`` of raw uint8 images."""
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        out = [
+            self.net.backbone(self.transform(raw[i : i + batch_size].to(device), train=False)).float().cpu()
+            for i in range(0, len(raw), batch_size)
+        ]
+        return torch.cat(out)
+
+    @torch.no_grad()
     def predict(self, raw: Tensor, batch_size: int = 256) -> Tensor:
         """Logits ``[N, C]`` of raw uint8 images, through this member's own transform."""
         self.net.eval()

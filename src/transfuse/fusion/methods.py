@@ -11,8 +11,9 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from transfuse.fusion import combine
 from transfuse.fusion.members import Member
@@ -21,12 +22,19 @@ from transfuse.fusion.soups import average_state_dicts, check_soup_members, gree
 
 @dataclass
 class Pool:
-    """Members and what every method needs of the data; ``logits[split]`` is ``[M, N, C]``."""
+    """Members and what every method needs of the data; ``logits[split]`` is ``[M, N, C]``.
+
+    Methods that train (``feature_concat``, ``distill``) also get the training split, a factory of the
+    student model the config describes, and ``fit``, which trains a LightningModule on the datamodule into
+    the fusion's MLflow run and returns it with its best validation weights.
+    """
 
     members: list[Member]
     images: dict[str, Tensor]
     labels: dict[str, Tensor]
     logits: dict[str, Tensor]
+    build_student: Callable[..., L.LightningModule] | None = None
+    fit: Callable[[L.LightningModule], L.LightningModule] | None = None
 
     def accuracy(self, logits: Tensor, split: str) -> float:
         return float((logits.argmax(-1) == self.labels[split]).float().mean())
@@ -128,7 +136,7 @@ class _Soup:
 
     def _fused(self, pool: Pool, state: dict[str, Tensor], used: list[int]) -> Fused:
         soup = self._model(pool, state)
-        logits = {split: soup.predict(images) for split, images in pool.images.items()}
+        logits = {split: soup.predict(pool.images[split]) for split in pool.logits}
         weights = {f"weight/{i}": (1.0 / len(used) if i in used else 0.0) for i in range(len(pool.members))}
         return Fused(logits, soup.predict, _params(pool.members, used[:1]), used, weights, state)
 
@@ -154,3 +162,90 @@ class GreedySoup(_Soup):
         states = [m.net.state_dict() for m in pool.members]
         state, used, _ = greedy_soup(states, pool.member_accuracy("val"), evaluate)
         return self._fused(pool, state, used)
+
+
+class FeatureConcat:
+    """Feature-level fusion of trained runs: the members' frozen backbones, their pooled features
+    concatenated, and a new linear head trained on the labelled training split (features computed once).
+
+    Args:
+        epochs: full-batch Adam steps on the cached features; the step with the best validation accuracy wins.
+        lr: Adam learning rate.
+        weight_decay: L2 penalty on the head.
+    """
+
+    def __init__(self, epochs: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4) -> None:
+        self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
+
+    @staticmethod
+    @torch.no_grad()
+    def features(members: list[Member], raw: Tensor) -> Tensor:
+        return torch.cat([m.features(raw) for m in members], dim=1)
+
+    def fuse(self, pool: Pool) -> Fused:
+        members = pool.members
+        feats = {split: self.features(members, images) for split, images in pool.images.items()}
+        head = nn.Linear(feats["train"].shape[1], pool.logits["val"].shape[-1])
+        optimizer = torch.optim.Adam(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        best, best_state = -1.0, None
+        for _ in range(self.epochs):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(head(feats["train"]), pool.labels["train"]).backward()
+            optimizer.step()
+            with torch.no_grad():
+                score = pool.accuracy(head(feats["val"]), "val")
+            if score > best:
+                best, best_state = score, {k: v.clone() for k, v in head.state_dict().items()}
+        head.load_state_dict(best_state)
+        head.eval()
+        used = list(range(len(members)))
+        with torch.no_grad():
+            logits = {split: head(feats[split]) for split in pool.logits}
+        params = sum(p.numel() for m in members for p in m.net.backbone.parameters())
+        params += sum(p.numel() for p in head.parameters())
+        return Fused(logits, lambda raw: head(self.features(members, raw)), params, used)
+
+
+class Distill:
+    """Knowledge distillation: one student trained on the fused teacher's soft targets (and the labels).
+
+    Args:
+        teacher: how the members' logits are fused into the teacher (``logit_mean`` or ``prob_mean``).
+        temperature: softening temperature.
+        alpha: weight of the distillation loss against cross-entropy.
+        student_init: where the student starts (``init.weights`` syntax: none, runs:/<id>, a filter...).
+    """
+
+    RULES = {"logit_mean": combine.logit_mean, "prob_mean": combine.prob_mean}
+
+    def __init__(
+        self, teacher: str = "logit_mean", temperature: float = 4.0, alpha: float = 0.9, student_init: str = "none"
+    ) -> None:
+        if teacher not in self.RULES:
+            raise ValueError(f"teacher must be one of {sorted(self.RULES)}, got {teacher!r}")
+        self.rule, self.temperature, self.alpha, self.student_init = teacher, temperature, alpha, student_init
+
+    def fuse(self, pool: Pool) -> Fused:
+        if pool.build_student is None or pool.fit is None:
+            raise ValueError("distillation needs a student factory and a fit function")
+        members, rule = pool.members, self.RULES[self.rule]
+
+        def teacher(raw: Tensor) -> Tensor:
+            return rule(torch.stack([m.predict(raw) for m in members]))
+
+        student = pool.build_student(
+            teacher=teacher, temperature=self.temperature, alpha=self.alpha, init=self.student_init
+        )
+        student = pool.fit(student).eval()
+
+        @torch.no_grad()
+        def predict(raw: Tensor) -> Tensor:
+            device = next(student.parameters()).device
+            return torch.cat([student(raw[i : i + 256].to(device)).float().cpu() for i in range(0, len(raw), 256)])
+
+        logits = {split: predict(pool.images[split]) for split in pool.logits}
+        net_state = {k: v for k, v in student.state_dict().items() if k.startswith(("backbone.", "head."))}
+        params = sum(p.numel() for p in student.backbone.parameters()) + sum(
+            p.numel() for p in student.head.parameters()
+        )
+        return Fused(logits, predict, params, [], {}, net_state)

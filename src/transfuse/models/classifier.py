@@ -61,7 +61,7 @@ class ImageClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["backbone", "head", "optimizer", "scheduler", "finetune", "alignment"], logger=False
+            ignore=["backbone", "head", "optimizer", "scheduler", "finetune", "alignment", "teacher"], logger=False
         )
         self.backbone, self.head = backbone, head
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
