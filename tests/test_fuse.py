@@ -103,15 +103,19 @@ def test_logit_mean_is_tracked_with_its_members_and_matches_a_hand_ensemble(zoo)
     assert run.data.metrics["cost/latency_ms_per_image"] > 0
 
 
-@pytest.mark.parametrize("method", ["prob_mean", "vote", "weighted", "stacking", "uniform_soup", "feature_concat"])
+@pytest.mark.parametrize(
+    "method", ["best_member", "prob_mean", "vote", "weighted", "stacking", "uniform_soup", "feature_concat"]
+)
 def test_every_method_runs_over_real_members(zoo, method):
     _, uri, _, _ = zoo
     _fuse(zoo, f"method={method}")
     _, run = _latest(uri)
     assert run.info.status == "FINISHED" and run.data.tags["method"] == method
     assert 0.0 <= run.data.metrics["test/acc"] <= 1.0 and "val/ece" in run.data.metrics
-    if method in ("weighted", "stacking", "uniform_soup"):
+    if method in ("best_member", "weighted", "stacking", "uniform_soup"):
         assert run.data.metrics["weight/0"] + run.data.metrics["weight/1"] == pytest.approx(1.0, abs=1e-5)
+    if method == "best_member":  # exactly the member validation picks
+        assert run.data.metrics["test/acc"] == pytest.approx(run.data.metrics["members/best_val/test/acc"])
 
 
 def test_greedy_soup_beats_no_member_on_val_and_saves_weights_training_can_load(zoo, tmp_path):

@@ -86,3 +86,19 @@ def test_columns_pivot_with_the_best_of_each_column_in_bold(tracking_uri, tmp_pa
     # dann a->b: mean 0.7, std 0.1414, sem = std / sqrt(2) = 0.1; b->a likewise
     assert lines[3] == "| dann | **0.7000 ± 0.1000** | **0.4000 ± 0.1000** |"
     assert "test/acc (mean ± sem), n = 2 runs per cell" in lines[-1]
+
+
+def test_several_metrics_are_columns_with_their_own_best(store, tracking_uri, tmp_path):
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("study").experiment_id
+    for run in client.search_runs([experiment], "attributes.status = 'FINISHED'"):
+        cost = {"scratch": 10.0, "full": 20.0, "single": 5.0}[run.data.tags["method"]]
+        client.log_metric(run.info.run_id, "cost/params", cost)
+    out = tmp_path / "cost.md"
+    select = ["--experiment", "study", "--tracking-uri", tracking_uri, "--order", "scratch,full"]
+    main([*select, "--metric", "test/acc,cost/params", "--lower-is-better", "cost/params", "--markdown", str(out)])
+    lines = out.read_text().splitlines()
+    assert lines[0] == "| tags.method | test/acc (mean ± std) | cost/params (mean ± std) | n |"
+    assert lines[2] == "| scratch | 0.7000 ± 0.2000 | 10.0000 ± 0.0000 | 3 |"
+    assert lines[3] == "| full | **0.8500 ± 0.0707** | 20.0000 ± 0.0000 | 2 |"
+    assert lines[4] == "| single | 0.6000 | **5.0000** | 1 |"

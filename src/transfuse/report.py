@@ -10,7 +10,7 @@ import argparse
 import math
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +137,25 @@ def markdown(
     return "\n".join(lines)
 
 
+def metrics_markdown(
+    tables: Mapping[str, Sequence[Group]], rows: Sequence[str], lower: Sequence[str] = (), error: str = "std"
+) -> str:
+    """One row per group, one column per metric (mean ± ``error``), n of the first metric; the best mean of
+    each column in bold, the smallest for metrics named in ``lower``."""
+    names = list(tables)
+    cells = {name: {g.key: g for g in groups} for name, groups in tables.items()}
+    keys = [g.key for g in tables[names[0]]]
+    keys += [k for name in names[1:] for k in cells[name] if k not in keys]
+    best = {n: (min if n in lower else max)(g.mean for g in tables[n]) for n in names}
+    header = [*rows, *(f"{n} (mean ± {error})" for n in names), "n"]
+    lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+    for key in keys:
+        values = [_cell(cells[n].get(key), error, best[n]) for n in names]
+        first = cells[names[0]].get(key)
+        lines.append(f"| {' | '.join([*key, *values, str(first.n if first else 0)])} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="transfuse-report", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", action="append", required=True, help="MLflow experiment name (repeatable)")
@@ -144,19 +163,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", default="tags.method", help="comma-separated grouping keys")
     parser.add_argument("--columns", default="", help="comma-separated keys whose values become columns")
     parser.add_argument("--error", choices=("std", "sem"), default="std", help="the ± shown: std or standard error")
-    parser.add_argument("--metric", default="test/acc")
+    parser.add_argument("--metric", default="test/acc", help="a metric, or several (comma-separated) as columns")
     parser.add_argument("--order", default="", help="comma-separated order of the first key's values")
-    parser.add_argument("--lower-is-better", action="store_true", help="bold the smallest mean (loss, ECE)")
+    parser.add_argument(
+        "--lower-is-better",
+        nargs="?",
+        const="*",
+        default="",
+        help="bold the smallest mean: of every metric, or of the comma-separated metrics given (loss, ECE, cost)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
     args = parser.parse_args(argv)
     rows = [k.strip() for k in args.rows.split(",") if k.strip()]
     columns = [k.strip() for k in args.columns.split(",") if k.strip()]
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    lower = metrics if args.lower_is_better == "*" else [m for m in args.lower_is_better.split(",") if m]
+    order = [o for o in args.order.split(",") if o]
+    if len(metrics) > 1 and columns:
+        raise SystemExit("transfuse-report: error: several metrics become columns themselves; drop --columns")
     runs = fetch_runs(MlflowClient(args.tracking_uri), args.experiment, args.filter)
-    groups = summarise(runs, [*rows, *columns], args.metric, [o for o in args.order.split(",") if o])
-    if not groups:
-        raise SystemExit(f"transfuse-report: error: no FINISHED run with metric {args.metric!r} matches")
-    table = markdown(groups, [*rows, *columns], args.metric, args.lower_is_better, len(columns), args.error)
+    tables = {m: summarise(runs, [*rows, *columns], m, order) for m in metrics}
+    for metric, groups in tables.items():
+        if not groups:
+            raise SystemExit(f"transfuse-report: error: no FINISHED run with metric {metric!r} matches")
+    if len(metrics) > 1:
+        table = metrics_markdown(tables, rows, lower, args.error)
+    else:
+        groups = tables[metrics[0]]
+        table = markdown(groups, [*rows, *columns], metrics[0], metrics[0] in lower, len(columns), args.error)
     print(table)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,18 @@ def _params(members: list[Member], used: list[int]) -> int:
     return sum(p.numel() for i in used for p in members[i].net.parameters())
 
 
+class BestMember:
+    """No fusion: the single member with the best validation accuracy (the baseline every fusion must beat)."""
+
+    def fuse(self, pool: Pool) -> Fused:
+        accuracy = pool.member_accuracy("val")
+        best = max(range(len(pool.members)), key=lambda i: accuracy[i])
+        member = pool.members[best]
+        weights = {f"weight/{i}": float(i == best) for i in range(len(pool.members))}
+        logits = {split: member_logits[best] for split, member_logits in pool.logits.items()}
+        return Fused(logits, member.predict, _params(pool.members, [best]), [best], weights)
+
+
 class DecisionRule:
     """Combine every member's logits with a fixed rule (``logit_mean``, ``prob_mean``, ``vote``)."""
 
