@@ -38,11 +38,14 @@ def selection_tag(monitor: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``${timm:<model>,<field>}`` and ``${selection_tag:<monitor>}``; safe to call more than once."""
+    """Register ``${timm:<model>,<field>}``, ``${selection_tag:<monitor>}`` and ``${len:<list>}``; safe to call
+    more than once."""
     if not OmegaConf.has_resolver("timm"):
         OmegaConf.register_new_resolver("timm", timm_default)
     if not OmegaConf.has_resolver("selection_tag"):
         OmegaConf.register_new_resolver("selection_tag", selection_tag)
+    if not OmegaConf.has_resolver("len"):
+        OmegaConf.register_new_resolver("len", len)
 
 
 def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:

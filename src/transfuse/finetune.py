@@ -30,14 +30,24 @@ BN_POLICIES = ("train", "freeze", "adabn")
 def backbone_blocks(model: ImageClassifier) -> list[tuple[list[str], list[str]]]:
     """The backbone's blocks from input to output: (parameter names, module names) per timm group.
 
-    Names are relative to the model (``backbone.model.layer1.0.conv1.weight``...).
+    Names are relative to the model (``backbone.model.layer1.0.conv1.weight``...). A multi-branch backbone
+    (``branches``, one timm model per view) contributes block ``i`` of every branch to block ``i``.
     """
-    timm_model = model.backbone.model
-    matcher = timm_model.group_matcher(coarse=True)
-    params = group_parameters(timm_model, matcher)
-    modules = group_modules(timm_model, matcher)
-    prefix = "backbone.model."
-    return [([prefix + n for n in params[i]], [prefix + n for n in modules.get(i, [])]) for i in sorted(params)]
+    backbone = model.backbone
+    if hasattr(backbone, "branches"):
+        timm_models = [(f"backbone.branches.{j}.model.", b.model) for j, b in enumerate(backbone.branches)]
+    else:
+        timm_models = [("backbone.model.", backbone.model)]
+    merged: dict[int, tuple[list[str], list[str]]] = {}
+    for prefix, timm_model in timm_models:
+        matcher = timm_model.group_matcher(coarse=True)
+        params = group_parameters(timm_model, matcher)
+        modules = group_modules(timm_model, matcher)
+        for i in params:
+            names, module_names = merged.setdefault(i, ([], []))
+            names += [prefix + n for n in params[i]]
+            module_names += [prefix + n for n in modules.get(i, [])]
+    return [merged[i] for i in sorted(merged)]
 
 
 def _batchnorms(module: nn.Module) -> list[nn.Module]:

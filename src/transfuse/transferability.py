@@ -219,7 +219,7 @@ def score_model(model: nn.Module, datamodule: Any, source_head: bool) -> dict[st
     for start in range(0, len(data), 256):
         images = datamodule.transform(data.images[start : start + 256].to(model.device), train=False)
         pooled = model.backbone(images)
-        features.append(pooled.float().cpu())
+        features.append(pooled.flatten(1).float().cpu())  # multi-view backbones: views side by side
         probs.append(torch.softmax(model.head(pooled).float(), dim=1).cpu())
     labels = data.labels
     scores = {"transfer/logme": logme(torch.cat(features), labels, datamodule.num_classes)}

@@ -26,15 +26,15 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class ImageTensors:
-    """Images as uint8 ``[N, C, H, W]`` and integer labels ``[N]``."""
+    """Images as uint8 ``[N, C, H, W]`` (or ``[N, V, C, H, W]``: V views of each sample) and labels ``[N]``."""
 
     images: Tensor
     labels: Tensor
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
+        if self.images.ndim not in (4, 5) or self.labels.ndim != 1 or len(self.images) != len(self.labels):
             raise DataError(
-                f"expected images [N,C,H,W] and labels [N], got {tuple(self.images.shape)} and "
+                f"expected images [N,C,H,W] or [N,V,C,H,W] and labels [N], got {tuple(self.images.shape)} and "
                 f"{tuple(self.labels.shape)}"
             )
         self.labels = self.labels.long()

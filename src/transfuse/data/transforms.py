@@ -107,6 +107,8 @@ class BatchTransform:
         return repr(settings).encode()
 
     def __call__(self, images: Tensor, train: bool) -> Tensor:
+        if images.ndim == 5:  # [B, V, C, H, W]: every view alike (augmented independently)
+            return self(images.flatten(0, 1), train).unflatten(0, images.shape[:2])
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         x = resize(adapt_channels(x, self.channels), self.image_size)
         if train and self.augment is not None:
