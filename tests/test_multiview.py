@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -131,3 +134,78 @@ def test_a_multi_view_fit_is_tracked(make_config, fusion):
     (run,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["fusion"] == fusion
     assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"])
+
+
+def _paired_roots(tmp_path, views=2, per_class=4, drop=None):
+    from PIL import Image
+
+    roots = []
+    for v in range(views):
+        root = tmp_path / f"view{v}"
+        for c in ("cat", "dog"):
+            (root / c).mkdir(parents=True)
+            for i in range(per_class):
+                if drop == (v, c, i):
+                    continue
+                value = 40 * i + 100 * v + (10 if c == "dog" else 0)
+                Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(root / c / f"s{i}.png")
+        roots.append(str(root))
+    return roots
+
+
+def _paired(roots, **kwargs):
+    from transfuse.data.multiview import PairedFolder
+
+    return PairedFolder(roots=roots, load_size=8, image_size=8, channels=3, mean=[0.5], std=[0.5], **kwargs)
+
+
+def test_paired_folder_aligns_views_by_stem(tmp_path):
+    split = _paired(_paired_roots(tmp_path)).load()[0]["train"]
+    assert split.images.shape == (8, 2, 3, 8, 8)
+    # each sample's views come from the same stem: view 1 is view 0 plus 100 in every pixel
+    assert torch.equal(split.images[:, 1].int() - split.images[:, 0].int(), torch.full((8, 3, 8, 8), 100))
+    assert split.labels.tolist() == [0] * 4 + [1] * 4
+    single = _paired(_paired_roots(tmp_path / "b"), keep_views=[1]).load()[0]["train"]
+    assert single.images.shape == (8, 3, 8, 8) and torch.equal(single.images, split.images[:, 1])
+
+
+def test_paired_folder_names_a_missing_stem_and_refuses_other_classes(tmp_path):
+    from transfuse.errors import DataError
+
+    with pytest.raises(DataError, match=r"missing .*view1/dog/s2"):
+        _paired(_paired_roots(tmp_path / "a", drop=(1, "dog", 2))).load()
+    roots = _paired_roots(tmp_path / "b")
+    (Path(roots[1]) / "dog").rename(Path(roots[1]) / "wolf")
+    with pytest.raises(DataError, match="classes differ in train"):
+        _paired(roots).load()
+    with pytest.raises(ConfigError, match="num_views=3 but 2 views are kept"):
+        _paired(_paired_roots(tmp_path / "c"), num_views=3).load()
+
+
+def test_feature_branches_start_from_single_view_runs(make_config):
+    single = make_config(
+        "data=digits", "backbone=test_resnet", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"
+    )
+    train(single)
+    client = MlflowClient(single.logger.tracking_uri)
+    (source,) = client.search_runs([client.get_experiment_by_name(single.logger.experiment_name).experiment_id])
+    spec = f"runs:/{source.info.run_id}"
+    cfg = make_config(
+        "data=multiview",
+        "data.source._target_=transfuse.data.UCIDigits",
+        "backbone=test_resnet",
+        "fusion=feature",
+        f"backbone.branch_weights=[{spec},null]",
+    )
+    from transfuse import weights
+    from transfuse.train import build_model
+
+    model = build_model(cfg, [str(d) for d in range(10)])
+    fresh = {k: v.clone() for k, v in model.backbone.branches[1].state_dict().items()}
+    loaded = weights.load_branches(model, client, model.class_names)
+    assert list(loaded) == [0]
+    saved = weights.resolve(spec, client, model.backbone.branches[0]).state_dict
+    for key, value in model.backbone.branches[0].model.state_dict().items():
+        assert torch.equal(value, saved[f"backbone.model.{key}"]), key
+    for key, value in model.backbone.branches[1].state_dict().items():
+        assert torch.equal(value, fresh[key]), key

@@ -64,6 +64,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 model, source, datamodule.class_names, cfg.stage.on_head_mismatch, cfg.init.class_map
             )
             run.log_source(source, report)
+        if hasattr(model.backbone, "branch_weights"):
+            for i, branch_source in weights.load_branches(model, run.client, datamodule.class_names).items():
+                run.client.set_tag(run.run_id, f"init.branch.{i}", branch_source.source)
         if cfg.stage.score:
             run.log_metrics(
                 score_model(model, datamodule, source_head=report is not None and not report.head_reinitialised)

@@ -229,3 +229,26 @@ def load_into(
     loaded = len(state) - len(result.unexpected_keys)
     log.info("loaded %d tensors from %s", loaded, checkpoint.source)
     return LoadReport(loaded, missing, list(result.unexpected_keys), reinit_head)
+
+
+class _Branch(nn.Module):
+    """Presents one branch of a multi-view backbone as a model's ``backbone`` so :func:`load_into` fits it."""
+
+    def __init__(self, branch: nn.Module) -> None:
+        super().__init__()
+        self.backbone = branch
+
+
+def load_branches(model: nn.Module, client: MlflowClient, class_names: list[str]) -> dict[int, Checkpoint]:
+    """Load each branch of a multi-view backbone from its ``branch_weights`` source (single-view runs' backbones);
+    a branch without a source keeps its fresh weights. Returns the checkpoint loaded into each branch."""
+    loaded = {}
+    specs = getattr(model.backbone, "branch_weights", [])
+    for i, (branch, spec) in enumerate(zip(model.backbone.branches, specs, strict=False)):
+        checkpoint = resolve(spec, client, branch)
+        if checkpoint is None:
+            continue
+        backbone_only = {k: v for k, v in _as_model_keys(checkpoint.state_dict).items() if k.startswith("backbone.")}
+        load_into(_Branch(branch), Checkpoint(backbone_only, checkpoint.source, None, checkpoint.run_id), class_names)
+        loaded[i] = checkpoint
+    return loaded

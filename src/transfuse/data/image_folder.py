@@ -32,6 +32,21 @@ def _decode(path: Path, size: int, mode: str) -> np.ndarray:
     return array if array.ndim == 3 else array[:, :, None]
 
 
+def split_roots(root: Path) -> dict[str, Path]:
+    """``{split: folder}``: the train/val/test sub-folders of ``root`` if it has them, else ``{"train": root}``."""
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    found = {}
+    for split, names in SPLIT_DIRS.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = root / name
+                break
+    if found and "train" not in found:
+        raise DataError(f"{root} has {sorted(found)} split folders but no 'train' folder")
+    return found or {"train": root}
+
+
 class ImageFolder(InMemoryImageDataModule):
     """Reads ``root/<class>/<image>`` or ``root/{train,val,test}/<class>/<image>`` into memory once.
 
@@ -63,17 +78,7 @@ class ImageFolder(InMemoryImageDataModule):
         self.skipped: list[tuple[Path, str]] = []
 
     def _split_roots(self) -> dict[str, Path]:
-        if not self.root.is_dir():
-            raise DataError(f"image folder {self.root} does not exist")
-        found = {}
-        for split, names in SPLIT_DIRS.items():
-            for name in names:
-                if (self.root / name).is_dir():
-                    found[split] = self.root / name
-                    break
-        if found and "train" not in found:
-            raise DataError(f"{self.root} has {sorted(found)} split folders but no 'train' folder")
-        return found or {"train": self.root}
+        return split_roots(self.root)
 
     @staticmethod
     def _scan(root: Path) -> dict[str, list[Path]]:

