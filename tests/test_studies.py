@@ -60,3 +60,80 @@ def test_shortened_study_runs_end_to_end(make_config, study):
     methods = {g.key[0] for g in groups}
     assert {m for m in expected if m} <= methods
     assert all(g.n == 1 and 0.0 <= g.mean <= 1.0 for g in groups)
+
+
+@pytest.mark.slow
+def test_shortened_adaptation_study_lays_out_methods_by_pair(make_config):
+    pair = ["data=mnist5k", "data@target_data=digits"]
+    steps = [
+        ("adapt", [*pair, "adapt=source_only"]),
+        ("adapt", [*pair, "adapt=coral"]),
+        ("adabn", ["data=digits", "source_data=mnist5k"]),
+        ("adapt", ["data=digits", "data@target_data=digits", "adapt=source_only", "tags.method=oracle"]),
+    ]
+    for experiment, overrides in steps:
+        cfg = make_config(f"experiment=digits_adaptation/{experiment}", *SHORT, *overrides)
+        if "tags.method=oracle" in overrides:
+            cfg.tags.pair = "mnist5k->digits"  # as run.sh sets it on the command line
+        train(cfg)
+    runs = fetch_runs(MlflowClient(cfg.logger.tracking_uri), ["digits_adaptation"])
+    assert len(runs) == len(steps)  # every step FINISHED
+    by_method = {r.data.tags["method"]: r for r in runs}
+    assert set(by_method) == {"source_only", "coral", "adabn", "oracle"}
+    assert {r.data.tags["pair"] for r in runs} == {"mnist5k->digits"}
+    assert by_method["adabn"].data.tags["source_run_id"] == by_method["source_only"].info.run_id
+    assert by_method["coral"].data.metrics["train/align_loss_epoch"] > 0
+    groups = summarise(runs, ["tags.method", "tags.pair"], "test/acc")
+    assert len(groups) == 4 and all(0.0 <= g.mean <= 1.0 for g in groups)
+
+
+@pytest.mark.slow
+def test_shortened_source_ranking_correlates_scores_with_fine_tuning(make_config):
+    import importlib.util
+
+    from transfuse.config import EXPERIMENTS_DIR
+
+    candidates = {"mnist": [], "mnist_10pc": ["data.train_per_class=10"], "shapes": ["data=synthetic"]}
+    for name, overrides in candidates.items():
+        train(make_config("experiment=source_ranking/source", f"candidate={name}", *SHORT, *overrides))
+    for name in candidates:
+        train(make_config("experiment=source_ranking/score", f"candidate={name}", *SHORT))
+        cfg = make_config("experiment=source_ranking/finetune", f"candidate={name}", *SHORT)
+        train(cfg)
+    spec = importlib.util.spec_from_file_location("rank", EXPERIMENTS_DIR / "source_ranking" / "rank.py")
+    rank = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rank)
+    table = rank.table(MlflowClient(cfg.logger.tracking_uri), "short")
+    assert all(f"| {name} |" in table for name in candidates)
+    assert "| transfer/logme | 3 |" in table and "n/a (other classes)" in table  # shapes has no LEEP
+
+
+@pytest.mark.slow
+def test_shortened_soups_study_fuses_members_of_one_and_of_two_initialisations(make_config, tracking_uri, tmp_path):
+    from transfuse.config import compose_config
+    from transfuse.errors import FusionError
+    from transfuse.fuse import fuse
+
+    train(make_config("experiment=digits_soups/source", "source=a", *SHORT))
+    train(make_config("experiment=digits_soups/source", "source=b", "seed=1", *SHORT))
+    for lr in ("1e-4", "1e-3"):
+        train(make_config("experiment=digits_soups/member", "source=a", f"optimizer.lr={lr}", *SHORT))
+    train(make_config("experiment=digits_soups/member", "source=b", *SHORT))
+
+    def fused(*overrides):
+        common = [f"logger.tracking_uri={tracking_uri}", "study_run=short", "backbone=test_resnet"]
+        student = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.enable_progress_bar=false"]
+        return fuse(compose_config("fuse", ["experiment=digits_soups/fuse", *common, *student, *overrides], tmp_path))
+
+    for method in ("best_member", "uniform_soup", "greedy_soup", "logit_mean", "stacking", "distill"):
+        fused(f"method={method}")
+    with pytest.raises(FusionError, match="another initialisation"):
+        fused("members_of=mixed", "method=uniform_soup")
+    forced = fused("members_of=mixed", "method=uniform_soup", "method.require_shared_init=false")
+    assert forced["cost/members_used"] == 3
+    runs = fetch_runs(MlflowClient(tracking_uri), ["digits_soups"], "tags.role = 'fusion'")
+    assert len(runs) == 7  # the refused soup ended FAILED and is not counted
+    same = [r for r in runs if r.data.tags["pool"] == "a"]
+    assert all(r.data.tags["member_count"] == "2" for r in same)
+    greedy = next(r for r in same if r.data.tags["method"] == "greedy_soup").data.metrics
+    assert greedy["val/acc"] >= max(greedy["member/0/val/acc"], greedy["member/1/val/acc"])
