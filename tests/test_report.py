@@ -102,3 +102,9 @@ def test_several_metrics_are_columns_with_their_own_best(store, tracking_uri, tm
     assert lines[2] == "| scratch | 0.7000 ± 0.2000 | 10.0000 ± 0.0000 | 3 |"
     assert lines[3] == "| full | **0.8500 ± 0.0707** | 20.0000 ± 0.0000 | 2 |"
     assert lines[4] == "| single | 0.6000 | **5.0000** | 1 |"
+
+
+def test_large_values_print_as_grouped_integers():
+    from transfuse.report import _number
+
+    assert _number(11181642.0) == "11,181,642" and _number(0.98444) == "0.9844" and _number(999.5) == "999.5000"

@@ -93,8 +93,13 @@ def _cell(group: Group | None, error: str, best: float) -> str:
     if group is None:
         return "n/a"
     spread = group.std if error == "std" else group.sem
-    cell = f"{group.mean:.4f} ± {spread:.4f}" if group.n > 1 else f"{group.mean:.4f}"
+    cell = f"{_number(group.mean)} ± {_number(spread)}" if group.n > 1 else _number(group.mean)
     return f"**{cell}**" if group.mean == best else cell
+
+
+def _number(value: float) -> str:
+    """Four decimals for scores; large counts (parameters) as grouped integers."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4f}"
 
 
 def markdown(
