@@ -20,6 +20,9 @@ transfuse-fuse -m experiment=digits_soups/fuse \
 # the distilled student: one ResNet-18 from source a trained on the logit ensemble's soft targets
 transfuse-fuse experiment=digits_soups/fuse method=distill \
   "method.student_init=\"tags.role = 'source' and tags.source = 'a' and tags.study_run = '$STUDY_RUN'\"" $COMMON
+# the uniform soup of the four gentler fine-tunes only (lr 1e-4 and 3e-4)
+transfuse-fuse experiment=digits_soups/fuse method=uniform_soup tags.pool=a_low_lr $COMMON \
+  "pool.filter=\"tags.role = 'member' and tags.study_run = '$STUDY_RUN' and tags.source = 'a' and params.\`optimizer.lr\` != '0.001'\""
 # 3. members of two initialisations: the soup has to be forced (require_shared_init=false)
 transfuse-fuse -m experiment=digits_soups/fuse members_of=mixed method=best_member,logit_mean $COMMON
 transfuse-fuse experiment=digits_soups/fuse members_of=mixed method=uniform_soup method.require_shared_init=false \
@@ -28,4 +31,4 @@ transfuse-fuse experiment=digits_soups/fuse members_of=mixed method=uniform_soup
 transfuse-report --experiment digits_soups --filter "tags.study_run = '$STUDY_RUN' and tags.role = 'fusion'" \
   --rows tags.pool,tags.method --metric test/acc,val/acc,cost/params,cost/latency_ms_per_image \
   --lower-is-better cost/params,cost/latency_ms_per_image \
-  --order a,mixed --markdown "experiments/digits_soups/results/$STUDY_RUN.md"
+  --order a,a_low_lr,mixed --markdown "experiments/digits_soups/results/$STUDY_RUN.md"
