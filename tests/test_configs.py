@@ -11,7 +11,20 @@ from transfuse.train import build_model
 
 GROUPS = ["data", "backbone", "head", "stage", "finetune", "optimizer", "scheduler", "trainer", "callbacks", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
-EXPERIMENTS = sorted(str(p.relative_to(EXPERIMENTS_DIR).with_suffix("")) for p in EXPERIMENTS_DIR.rglob("*.yaml"))
+#: experiments of transfuse-fuse (conf/fuse.yaml); every other one is a transfuse-train experiment
+FUSE_EXPERIMENTS = ["digits_soups/fuse"]
+EXPERIMENTS = sorted(
+    name
+    for name in (str(p.relative_to(EXPERIMENTS_DIR).with_suffix("")) for p in EXPERIMENTS_DIR.rglob("*.yaml"))
+    if name not in FUSE_EXPERIMENTS
+)
+#: values an experiment leaves to the command line (``???``), as its run.sh gives them
+REQUIRED = {
+    "digits_adaptation/adabn": ["source_data=mnist5k"],
+    "noisy_mnist_fusion/base": ["tags.method=early", "fusion=early"],
+    **{f"source_ranking/{n}": ["candidate=mnist"] for n in ("source", "target", "score", "finetune")},
+}
+METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 
 
 def _cpu_overrides(group: str, option: str) -> list[str]:
@@ -42,12 +55,26 @@ def test_group_option_composes_and_instantiates(make_config, group, option):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(make_config, experiment):
-    cfg = make_config(f"experiment={experiment}", "backbone=test_resnet")
+    cfg = make_config(f"experiment={experiment}", "backbone=test_resnet", *REQUIRED.get(experiment, []))
     assert cfg.logger.experiment_name != "transfuse", "a study logs into its own MLflow experiment"
     datamodule = instantiate(cfg.data)
     model = build_model(cfg, datamodule.class_names)
     assert model.head.fc.out_features == datamodule.num_classes
     assert str(cfg.init.weights)  # interpolations (e.g. the source query) resolve
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_fusion_method_and_fuse_experiment_composes(tmp_path, method):
+    from omegaconf import OmegaConf
+
+    from transfuse.config import compose_config
+
+    for experiment in [None, *FUSE_EXPERIMENTS]:
+        overrides = [f"method={method}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+        cfg = compose_config("fuse", [*overrides, *([f"experiment={experiment}"] if experiment else [])], tmp_path)
+        assert instantiate(cfg.method) is not None
+        OmegaConf.resolve(cfg)  # every interpolation (pool filter, tags) resolves
+        assert cfg.tags.method == method
 
 
 def test_typo_in_a_key_fails_with_hydra_error(make_config):
