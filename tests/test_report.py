@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from mlflow import MlflowClient
@@ -108,3 +109,223 @@ def test_large_values_print_as_grouped_integers():
     from transfuse.report import _number
 
     assert _number(11181642.0) == "11,181,642" and _number(0.98444) == "0.9844" and _number(999.5) == "999.5000"
+
+
+#: (method, labels per class) -> test/acc of each seed; names with LaTeX special characters on purpose
+GRID = {
+    ("linear_probe", "1"): [0.2, 0.4],
+    ("linear_probe", "10"): [0.5, 0.6, 0.7],
+    ("linear_probe", "100"): [0.8, 0.9],
+    ("fine_tune & 50%", "1"): [0.1, 0.3],
+    ("fine_tune & 50%", "10"): [0.6, 0.8],
+    ("fine_tune & 50%", "100"): [0.9, 0.95],
+}
+PIVOT = ["--rows", "tags.method", "--columns", "params.data.train_per_class", "--order", "linear_probe"]
+
+
+def by_hand(values: list[float]) -> tuple[float, float, float]:
+    """Mean, sample standard deviation (n - 1) and standard error, straight from their definitions."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, std, std / math.sqrt(n)
+
+
+def last(method: str, labels: str) -> list[float]:
+    """test_last/acc of a cell: 0.05 below test/acc, and only the first two seeds logged it (older runs did not)."""
+    return [v - 0.05 for v in GRID[method, labels][:2]]
+
+
+@pytest.fixture
+def grid(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("fewshot")
+    for (method, labels), accuracies in GRID.items():
+        for seed, accuracy in enumerate(accuracies):
+            run_id = client.create_run(experiment, tags={"method": method}).info.run_id
+            client.log_param(run_id, "data.train_per_class", labels)
+            client.log_metric(run_id, "test/acc", accuracy)
+            if seed < 2:
+                client.log_metric(run_id, "test_last/acc", accuracy - 0.05)
+            client.set_terminated(run_id, "FINISHED")
+    return ["--experiment", "fewshot", "--tracking-uri", tracking_uri]
+
+
+def read_csv(path) -> dict[tuple[str, ...], dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return {(r["tags.method"], r["params.data.train_per_class"], r["metric"]): r for r in csv.DictReader(handle)}
+
+
+def test_csv_is_long_format_at_full_precision(grid, tmp_path):
+    out = tmp_path / "table.csv"
+    main([*grid, *PIVOT, "--csv", str(out)])
+    assert out.read_text().splitlines()[0] == "tags.method,params.data.train_per_class,metric,mean,std,sem,n"
+    lines = read_csv(out)
+    assert len(lines) == len(GRID)
+    for (method, labels), values in GRID.items():
+        line = lines[method, labels, "test/acc"]
+        mean, std, sem = by_hand(values)
+        assert float(line["mean"]) == pytest.approx(mean, rel=1e-12)  # not rounded to the 4 decimals shown
+        assert float(line["std"]) == pytest.approx(std, rel=1e-12)
+        assert float(line["sem"]) == pytest.approx(sem, rel=1e-12)
+        assert int(line["n"]) == len(values)
+    assert float(lines["linear_probe", "10", "test/acc"]["sem"]) == pytest.approx(0.1 / math.sqrt(3))
+
+
+def test_csv_leaves_the_spread_of_a_single_run_empty(store, tracking_uri, tmp_path):
+    out = tmp_path / "table.csv"
+    main(["--experiment", "study", "--tracking-uri", tracking_uri, "--csv", str(out)])
+    assert "single,test/acc,0.6,,,1" in out.read_text().splitlines()
+
+
+def test_latex_escapes_bolds_the_best_and_states_the_error(grid, tmp_path):
+    out = tmp_path / "table.tex"
+    main([*grid, *PIVOT, "--latex", str(out)])
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("% ") and "sample standard deviation" in lines[0]
+    assert "mean $\\pm$ std), n = 2 to 3 runs per cell" in lines[0] and "checkpoint: best validation" in lines[0]
+    assert lines[1:4] == ["\\begin{tabular}{lrrr}", "\\toprule", "tags.method & 1 & 10 & 100 \\\\"]
+    assert lines[4] == "\\midrule" and lines[-2:] == ["\\bottomrule", "\\end{tabular}"]
+
+    def cell(method: str, labels: str, best: bool) -> str:
+        mean, std, _ = by_hand(GRID[method, labels])
+        text = f"{mean:.4f} $\\pm$ {std:.4f}"
+        return f"\\textbf{{{text}}}" if best else text
+
+    # best means: 1 label: linear_probe 0.3 > 0.2; 10 labels: fine_tune 0.7 > 0.6; 100: fine_tune 0.925 > 0.85
+    lp = ["linear\\_probe", cell("linear_probe", "1", True), cell("linear_probe", "10", False)]
+    ft = ["fine\\_tune \\& 50\\%", cell("fine_tune & 50%", "1", False), cell("fine_tune & 50%", "10", True)]
+    assert lines[5] == " & ".join([*lp, cell("linear_probe", "100", False)]) + " \\\\"
+    assert lines[6] == " & ".join([*ft, cell("fine_tune & 50%", "100", True)]) + " \\\\"
+    assert "0.3000 $\\pm$ 0.1414" in lines[5]  # std of 0.2, 0.4 = sqrt(0.02)
+
+
+def test_checkpoint_last_reads_test_last_metrics(grid, tmp_path, capsys):
+    csv_out, tex = tmp_path / "last.csv", tmp_path / "last.tex"
+    main([*grid, *PIVOT, "--checkpoint", "last", "--csv", str(csv_out), "--latex", str(tex)])
+    lines = read_csv(csv_out)
+    assert {key[2] for key in lines} == {"test_last/acc"}
+    for method, labels in GRID:
+        mean, std, sem = by_hand(last(method, labels))
+        line = lines[method, labels, "test_last/acc"]
+        assert float(line["mean"]) == pytest.approx(mean) and float(line["std"]) == pytest.approx(std)
+        assert float(line["sem"]) == pytest.approx(sem)
+        assert int(line["n"]) == 2  # the third linear_probe run at 10 labels has no test_last/acc: left out
+    assert float(lines["linear_probe", "10", "test_last/acc"]["mean"]) == pytest.approx(0.5)  # (0.45 + 0.55) / 2
+    assert "checkpoint: last epoch" in capsys.readouterr().out.splitlines()[-1]
+    assert "checkpoint: last epoch" in tex.read_text().splitlines()[0]
+
+
+def test_checkpoint_last_without_test_last_metrics_errors(store, tracking_uri):
+    with pytest.raises(SystemExit, match="no FINISHED run with metric 'test_last/acc'"):
+        main(["--experiment", "study", "--tracking-uri", tracking_uri, "--checkpoint", "last"])
+
+
+SWEEP = "multirun/2026-11-25/07-01-02"
+
+
+@pytest.fixture
+def sweeps(tracking_uri):
+    """Runs named by what their ``sweeps`` tag holds; ``other`` lives in a second experiment."""
+    client = MlflowClient(tracking_uri)
+    first, second = client.create_experiment("sweep_a"), client.create_experiment("sweep_b")
+    runs = {
+        "created": (first, SWEEP, "FINISHED"),
+        "reused": (first, f"multirun/2026-11-24/10-00-00 {SWEEP}", "FINISHED"),
+        "longer_id": (first, f"{SWEEP}0", "FINISHED"),  # the id is a prefix of this one
+        "nested_id": (first, f"outputs/{SWEEP}", "FINISHED"),  # ... and a suffix of this one
+        "prefix_id": (first, SWEEP[:-1], "FINISHED"),  # this id is a prefix of the one asked for
+        "failed": (first, SWEEP, "FAILED"),
+        "other": (second, SWEEP, "FINISHED"),
+        "no_sweep": (first, None, "FINISHED"),
+    }
+    for name, (experiment, sweep_list, status) in runs.items():
+        tags = {"method": name, **({"sweeps": sweep_list, "sweep_id": sweep_list.split()[0]} if sweep_list else {})}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        client.log_metric(run_id, "test/acc", 0.5)
+        client.set_terminated(run_id, status)
+    return client
+
+
+def test_sweep_selects_exactly_the_runs_whose_sweeps_list_holds_the_id(sweeps):
+    def methods(experiments, sweep):
+        return sorted(r.data.tags["method"] for r in fetch_runs(sweeps, experiments, sweeps=[sweep]))
+
+    assert methods(["sweep_a"], SWEEP) == ["created", "reused"]
+    assert methods([], SWEEP) == ["created", "other", "reused"]  # no experiment named: every active one
+    assert methods(["sweep_a", "sweep_b"], SWEEP[:-1]) == ["prefix_id"]
+    assert methods([], "multirun/2026-11-24/10-00-00") == ["reused"]
+    assert sorted(r.data.tags["method"] for r in fetch_runs(sweeps, [], sweeps=[SWEEP, SWEEP[:-1]])) == [
+        "created",
+        "other",
+        "prefix_id",
+        "reused",
+    ]
+
+
+def test_sweep_on_the_command_line_needs_no_experiment(sweeps, tracking_uri, tmp_path):
+    out = tmp_path / "sweep.csv"
+    main(["--sweep", SWEEP + "/", "--tracking-uri", tracking_uri, "--csv", str(out)])
+    assert [line.split(",")[0] for line in out.read_text().splitlines()[1:]] == ["created", "other", "reused"]
+    with pytest.raises(SystemExit, match="name an --experiment, or a --sweep"):
+        main(["--tracking-uri", tracking_uri])
+
+
+def png_size(path) -> tuple[int, int]:
+    import struct
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_bar_and_curve_write_pngs_of_the_figure_size(grid, tmp_path):
+    from transfuse.plotting import DPI
+    from transfuse.plotting.report import BAR_SIZE, CURVE_SIZE, use_log_scale
+
+    bar, grouped, curve = tmp_path / "bar.png", tmp_path / "grouped.png", tmp_path / "fig" / "curve.png"
+    main([*grid, "--bar", str(bar)])
+    main([*grid, *PIVOT, "--bar", str(grouped), "--curve", str(curve), "--error", "sem"])
+    for path, size in ((bar, BAR_SIZE), (grouped, BAR_SIZE), (curve, CURVE_SIZE)):
+        assert png_size(path) == (round(size[0] * DPI), round(size[1] * DPI))
+    assert use_log_scale([1, 10, 100]) and not use_log_scale([10, 20, 50]) and not use_log_scale([0, 100])
+
+
+def test_curve_needs_one_numeric_column_key(grid, tmp_path):
+    curve = tmp_path / "curve.png"
+    swapped = ["--rows", "params.data.train_per_class", "--columns", "tags.method", "--curve", str(curve)]
+    with pytest.raises(
+        SystemExit, match=re.escape("--curve needs numeric values of tags.method, got 'fine_tune & 50%'")
+    ):
+        main([*grid, *swapped])
+    with pytest.raises(SystemExit, match="--curve needs exactly one --columns key"):
+        main([*grid, "--curve", str(curve)])
+    assert not curve.exists()
+
+
+def test_log_stores_the_report_as_a_finished_run(grid, tracking_uri, tmp_path, capsys):
+    main([*grid, *PIVOT, "--bar", str(tmp_path / "bar.png"), "--checkpoint", "last", "--log"])
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("transfuse-reports")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "report"
+    params = run.data.params
+    assert params["experiments"] == "fewshot" and params["checkpoint"] == "last" and params["error"] == "std"
+    assert params["metrics"] == "test_last/acc"
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert names == {"report/report.md", "report/report.csv", "report/report.tex", "report/bar.png"}
+    assert run.info.run_id in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_log_marks_the_run_failed_when_logging_raises(grid, tracking_uri, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("artifact store unreachable")
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", broken)
+    with pytest.raises(OSError, match="unreachable"):
+        main([*grid, "--log", "--log-experiment", "reports"])
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("reports").experiment_id])
+    assert run.info.status == "FAILED"

@@ -137,3 +137,27 @@ def test_shortened_soups_study_fuses_members_of_one_and_of_two_initialisations(m
     assert all(r.data.tags["member_count"] == "2" for r in same)
     greedy = next(r for r in same if r.data.tags["method"] == "greedy_soup").data.metrics
     assert greedy["val/acc"] >= max(greedy["member/0/val/acc"], greedy["member/1/val/acc"])
+
+
+@pytest.mark.slow
+def test_shortened_noisy_mnist_fusion_study_has_a_row_per_view_and_fusion(make_config):
+    methods = {
+        "view1_rotated": ["data.keep_views=[0]"],
+        "view2_noisy": ["data.keep_views=[1]"],
+        "early": ["fusion=early"],
+        "feature_gated": ["fusion=feature", "head=gated"],
+        "late": ["fusion=late"],
+    }
+    for method, overrides in methods.items():
+        cfg = make_config("experiment=noisy_mnist_fusion/base", f"tags.method={method}", *SHORT, *overrides)
+        train(cfg)
+    runs = fetch_runs(MlflowClient(cfg.logger.tracking_uri), ["noisy_mnist_fusion"])
+    by_method = {r.data.tags["method"]: r for r in runs}
+    assert set(by_method) == set(methods)  # every run FINISHED under its own row
+    assert {by_method[m].data.tags.get("fusion") for m in ("early", "feature_gated", "late")} == {
+        "early",
+        "feature",
+        "late",
+    }
+    groups = summarise(runs, ["tags.method"], "test/acc")
+    assert len(groups) == len(methods) and all(g.n == 1 and 0.0 <= g.mean <= 1.0 for g in groups)

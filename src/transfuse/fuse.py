@@ -28,6 +28,7 @@ from transfuse.errors import TransfuseError
 from transfuse.fusion.members import find_members, load_member
 from transfuse.fusion.methods import Fused, Pool
 from transfuse.models.classifier import classification_metrics
+from transfuse.sweeps import HASH_TAG, config_hash, run_or_reuse
 from transfuse.tracking import tracked_run
 from transfuse.train import build_model
 
@@ -60,7 +61,8 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     class_names = datamodule.class_names
     method = instantiate(cfg.method)
-    with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, cfg.tags) as run:
+    tags = {**cfg.tags, HASH_TAG: config_hash(cfg)}
+    with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags) as run:
         run.log_config(cfg)
         runs = find_members(run.client, cfg.pool.runs, cfg.pool.filter, cfg.pool.experiments)
         run.log_members(runs)
@@ -113,7 +115,7 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.return_metric`` for sweepers (NaN when missing)."""
     try:
-        metrics = fuse(cfg)
+        metrics = run_or_reuse(cfg, fuse)
     except TransfuseError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise

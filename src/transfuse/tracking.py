@@ -19,10 +19,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import torch
+from filelock import FileLock
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -32,9 +33,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from transfuse.weights import Checkpoint, LoadReport
 
+if TYPE_CHECKING:
+    from transfuse.models.summary import PredictionSummary
+
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000
+
+#: lines of ``plots/learning_curves.png``: panel -> line -> metric keys, of which the first one logged is drawn
+CURVE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "loss": {"train": ("train/loss_epoch", "train/loss"), "val": ("val/loss",)},
+    "accuracy": {"train": ("train/acc",), "val": ("val/acc",)},
+}
 
 
 class RunLogger(MLFlowLogger):
@@ -117,7 +127,7 @@ def hydra_tags() -> dict[str, str]:
     hc = HydraConfig.get()
     tags = {"overrides": " ".join(hc.overrides.task)}
     if hc.mode == RunMode.MULTIRUN:
-        tags["sweep_id"] = str(hc.sweep.dir)
+        tags["sweep_id"] = tags["sweeps"] = str(hc.sweep.dir)  # ``sweeps`` grows when a relaunch reuses the run
         tags["sweep_job"] = str(hc.job.num)
     return tags
 
@@ -204,6 +214,67 @@ class TrackedRun:
         if callback is not None and callback.best_model_score is not None:
             self.client.log_metric(self.run_id, f"{callback.monitor}_best", float(callback.best_model_score))
 
+    def log_plots(
+        self, summary: PredictionSummary | None, class_names: Sequence[str], logger: RunLogger | None = None
+    ) -> list[str]:
+        """Upload the run's figures as PNGs under ``plots/``.
+
+        ``learning_curves.png`` is drawn from the run's metric history (none without one, e.g. an evaluation);
+        ``confusion_matrix.png`` and ``reliability_diagram.png`` from ``summary`` (none without a test pass).
+
+        Args:
+            summary: the model's ``test_summary`` after the test pass to show.
+            class_names: the confusion matrix's axis labels.
+            logger: the run's Lightning logger, flushed first so that the history is complete.
+
+        Returns:
+            The names of the files uploaded.
+        """
+        from transfuse.plotting import run as figures
+        from transfuse.plotting import save_png
+
+        if logger is not None:
+            logger.flush()
+        drawn = {}
+        curves = {panel: epoch_curves(self.client, self.run_id, lines) for panel, lines in CURVE_KEYS.items()}
+        if any(points for panel in curves.values() for points in panel.values()):
+            drawn["learning_curves.png"] = figures.learning_curves(curves["loss"], curves["accuracy"])
+        if summary is not None and summary.total:
+            drawn["confusion_matrix.png"] = figures.confusion_matrix(summary.confusion, class_names)
+            drawn["reliability_diagram.png"] = figures.reliability_diagram(
+                summary.bin_count, summary.bin_confidence, summary.bin_correct
+            )
+        if drawn:
+            with tempfile.TemporaryDirectory() as staging:
+                for name, figure in drawn.items():
+                    save_png(figure, Path(staging) / name)
+                self.client.log_artifacts(self.run_id, staging, "plots")
+        return sorted(drawn)
+
+
+def epoch_curves(
+    client: MlflowClient, run_id: str, lines: Mapping[str, Sequence[str]]
+) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch metric histories of a run, ``{line: [(epoch, value), ...]}`` with epochs counted from 1.
+
+    Each line reads the first of its keys that has a history (an empty list if none does). Lightning logs
+    metrics at the global step, with an ``epoch`` metric beside them that turns steps into epochs; should two
+    epochs share a step, it goes to the earlier one, whose end-of-epoch metrics are logged there. Without an
+    ``epoch`` history, points are numbered in order.
+    """
+    epoch_at: dict[int, int] = {}
+    for point in client.get_metric_history(run_id, "epoch"):
+        epoch_at[point.step] = min(int(point.value), epoch_at.get(point.step, int(point.value)))
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for line, keys in lines.items():
+        history: list[Metric] = []
+        for key in keys:
+            history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+            if history:
+                break
+        curves[line] = [(epoch_at.get(m.step, i) + 1, m.value) for i, m in enumerate(history)]
+    return curves
+
 
 def _link_or_copy(source: Path, target: Path) -> None:
     """Stage a checkpoint under a fixed name without copying its bytes when the filesystem allows."""
@@ -213,14 +284,45 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, None for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+
+
+@contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an inter-process lock on a SQLite store (``<db>.lock``); a no-op for a tracking server.
+
+    SQLite serialises writes by itself (MLflow waits up to 20 s for a busy database), but creating the schema
+    and creating an experiment are check-then-write sequences that parallel jobs would race on.
+    """
+    database = sqlite_path(tracking_uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock", timeout=600):
+        yield
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client whose store exists: a new SQLite database is created (and migrated) by one process at a time."""
+    with store_lock(tracking_uri):  # MlflowClient creates and migrates the schema when it is constructed
+        client = MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
 def artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
     """For a SQLite store, keep artifacts in ``mlartifacts/`` beside the database file.
 
     MLflow would otherwise put them in ``./mlruns`` of whatever directory the command ran in.
     """
-    if not tracking_uri.startswith("sqlite:///"):
+    database = sqlite_path(tracking_uri)
+    if database is None:
         return None
-    database = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment_name)
     return (database.parent / "mlartifacts" / slug).as_uri()
 
@@ -230,15 +332,16 @@ def tracked_run(
     tracking_uri: str, experiment_name: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
 ) -> Iterator[TrackedRun]:
     """Open a run and always close it: FINISHED on success, FAILED (with the error as a tag) otherwise."""
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        experiment_id = client.create_experiment(experiment_name, artifact_location(tracking_uri, experiment_name))
-    elif experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-        experiment_id = experiment.experiment_id
-    else:
-        experiment_id = experiment.experiment_id
+    client = open_store(tracking_uri)
+    with store_lock(tracking_uri):  # two jobs of a parallel sweep must not both create the experiment
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            experiment_id = client.create_experiment(experiment_name, artifact_location(tracking_uri, experiment_name))
+        elif experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+            experiment_id = experiment.experiment_id
+        else:
+            experiment_id = experiment.experiment_id
     commit = git_commit()
     all_tags = {
         "git_commit": commit,

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from transfuse import weights
 from transfuse.config import CONF_DIR, register_resolvers
 from transfuse.errors import ConfigError, TransfuseError
+from transfuse.sweeps import HASH_TAG, config_hash, run_or_reuse
 from transfuse.tracking import tracked_run
 from transfuse.transferability import score_model
 
@@ -55,7 +56,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.datamodule)
     model = build_model(cfg, datamodule.class_names)
-    with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, cfg.tags) as run:
+    tags = {**cfg.tags, HASH_TAG: config_hash(cfg)}
+    with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags) as run:
         run.log_config(cfg)
         source = weights.resolve(cfg.init.weights, run.client, model.backbone)
         report = None
@@ -84,6 +86,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             start = time.perf_counter()
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if cfg.stage.fit and best else None)
             seconds["time/test_s"] = time.perf_counter() - start
+            if cfg.logger.plots:
+                run.log_plots(model.test_summary, model.class_names, trainer.logger)
         run.log_metrics(seconds)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | run.logged_scores
         if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:
@@ -97,7 +101,7 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.get("print_config"):
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        metrics = train(cfg)
+        metrics = run_or_reuse(cfg, train)
     except TransfuseError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise

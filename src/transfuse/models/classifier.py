@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from transfuse.data.transforms import BatchTransform
 from transfuse.finetune import Full, Strategy
 from transfuse.models.feature_cache import FeatureCache
+from transfuse.models.summary import PredictionSummary, PredictionSummaryMetric
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        #: confusion matrix and reliability bins of the current test pass, for the run's figures
+        self.test_predictions = PredictionSummaryMetric(len(self.class_names), ece_bins)
         #: submodules kept in eval mode while training (frozen BatchNorm statistics); set by the strategy.
         self.frozen: tuple[nn.Module, ...] = ()
         #: whether no backbone parameter trains right now; set by the strategy.
@@ -140,6 +143,8 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         loss = self.criterion(logits, labels)
         metrics.update(logits.detach(), labels)
+        if split == "test":
+            self.test_predictions.update(logits, labels)
         penalty = self.finetune.penalty(self) if split == "train" else None
         if penalty is not None:
             self.log("train/penalty", penalty, on_step=True, on_epoch=True, batch_size=len(labels))
@@ -164,8 +169,16 @@ class ImageClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_epoch_metrics(self.val_metrics, prog_bar=True)
 
+    def on_test_epoch_start(self) -> None:
+        self.test_predictions.reset()  # each test pass (best weights, last weights...) has its own summary
+
     def on_test_epoch_end(self) -> None:
         self.log_epoch_metrics(self.test_metrics)
+
+    @property
+    def test_summary(self) -> PredictionSummary | None:
+        """Confusion matrix and reliability bins of the latest test pass; None before any test batch."""
+        return self.test_predictions.compute() if self.test_predictions.update_called else None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, self.train_metrics, "train")

@@ -1,0 +1,121 @@
+"""Resumable sweeps: every job carries a hash of its resolved config; a relaunched sweep skips the jobs whose
+twin (same hash, same experiment) already FINISHED and reruns the failed or missing ones.
+
+The hash covers what decides a result (data, model, strategy, optimiser, seed, tags such as ``study_run``)
+and leaves out where the outputs go and how they are logged, so the same command relaunched tomorrow hashes
+the same. It does not cover the code: after changing the code, relaunch with ``resume=false``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from omegaconf import DictConfig, OmegaConf
+
+from transfuse.tracking import open_store
+
+log = logging.getLogger(__name__)
+
+#: config keys that change where or how a run is recorded, not its result
+NOT_HASHED = (
+    "paths",
+    "logger",
+    "resume",
+    "print_config",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.default_root_dir",
+    "callbacks.model_checkpoint.dirpath",
+)
+#: tag holding the hash, and tag listing (space-separated) every sweep that ran or reused a run
+HASH_TAG, SWEEPS_TAG = "config_hash", "sweeps"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """SHA-256 (first 16 hex digits) of the resolved config without :data:`NOT_HASHED` keys.
+
+    Hydra's output directory is replaced by a placeholder wherever another value interpolates it.
+    """
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    output_dir = str(container.get("paths", {}).get("output_dir", "")) or None
+    for dotted in NOT_HASHED:
+        *parents, leaf = dotted.split(".")
+        node: Any = container
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    text = json.dumps(_without(container, output_dir), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _without(value: Any, output_dir: str | None) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without(v, output_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without(v, output_dir) for v in value]
+    if output_dir and isinstance(value, str) and output_dir in value:
+        return value.replace(output_dir, "<output_dir>")
+    return value
+
+
+def finished_twin(client: MlflowClient, experiment_name: str, digest: str) -> Run | None:
+    """The newest FINISHED run of the experiment with this config hash, if any."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.{HASH_TAG} = '{digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def reuse(client: MlflowClient, twin: Run, sweep_id: str | None) -> dict[str, float]:
+    """Record that ``sweep_id`` reused ``twin`` (so a report by sweep id finds it) and return its metrics."""
+    if sweep_id:
+        sweeps = twin.data.tags.get(SWEEPS_TAG, "").split()
+        if sweep_id not in sweeps:
+            client.set_tag(twin.info.run_id, SWEEPS_TAG, " ".join([*sweeps, sweep_id]))
+    log.info(
+        "skipped: run %s (%s) already FINISHED with this config; resume=false runs it again",
+        twin.info.run_id,
+        twin.info.run_name,
+    )
+    return dict(twin.data.metrics)
+
+
+def multirun_sweep() -> str | None:
+    """The sweep directory of the current Hydra multirun job (its sweep id), None outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().sweep.dir)
+
+
+def run_or_reuse(
+    cfg: DictConfig, task: Callable[[DictConfig], dict[str, float]], sweep_id: str | None = None
+) -> dict[str, float]:
+    """Run ``task(cfg)``, unless this is a sweep job (``sweep_id``, by default Hydra's multirun sweep) with
+    ``resume`` on whose config already FINISHED in the same experiment: then return that run's metrics.
+
+    Single runs always run: typing the command again means "run it again".
+    """
+    sweep_id = sweep_id or multirun_sweep()
+    if sweep_id is not None and cfg.get("resume", False):
+        client = open_store(cfg.logger.tracking_uri)
+        twin = finished_twin(client, cfg.logger.experiment_name, config_hash(cfg))
+        if twin is not None:
+            return reuse(client, twin, sweep_id)
+    return task(cfg)
