@@ -23,7 +23,8 @@ def test_adapt_run_logs_alignment_and_domain_gap(make_config, method):
     assert run.info.status == "FINISHED"
     assert run.data.tags["stage"] == "adapt" and run.data.tags["adapt"] == method
     assert run.data.tags["target_data"] == "synthetic_target" and run.data.tags["selection"] == "source_val"
-    for key in ("train/align_loss_epoch", "val/acc", "val_target/acc", "test/acc", "test_source/acc"):
+    logged = ("train/align_loss_epoch", "val/acc", "val_target/acc", "test/acc", "test_source/acc")
+    for key in (*logged, "test_last/acc", "test_last_source/acc"):
         assert key in run.data.metrics, key
     assert 0.0 <= run.data.metrics["val/proxy_a_distance"] <= 2.0
     if method == "source_only":  # the baseline: same pipeline, no alignment term
@@ -31,6 +32,8 @@ def test_adapt_run_logs_alignment_and_domain_gap(make_config, method):
     else:
         assert run.data.metrics["train/align_loss_epoch"] != 0.0
     assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"])
+    # adaptation runs draw their figures too (from the target test split)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {"plots/confusion_matrix.png"}
 
 
 def test_target_oracle_selection_is_tagged(make_config):

@@ -148,6 +148,18 @@ def test_evaluate_reproduces_the_test_accuracy_of_the_source_run(pretrained, mak
         train(cfg)
 
 
+def test_last_epoch_weights_are_tested_as_test_last(pretrained, make_config):
+    _, run, metrics, _ = pretrained
+    logged = run.data.metrics
+    assert {"test_last/acc", "test_last/f1", "test_last/ece"} <= set(logged)
+    assert metrics["test_last/acc"] == pytest.approx(logged["test_last/acc"])
+    cfg = make_config(*FAST, "stage=evaluate", f"init.weights=runs:/{run.info.run_id}/checkpoints/last.ckpt")
+    # the uploaded last-epoch weights, tested on their own, give what the run logged as test_last/*
+    assert train(cfg)["test/acc"] == pytest.approx(logged["test_last/acc"], abs=1e-6)
+    quiet = train(make_config(*FAST, "trainer.max_epochs=1", "test_last=false"))
+    assert not any(key.startswith("test_last/") for key in quiet)
+
+
 def test_score_ranks_a_source_for_other_classes_without_training(pretrained, make_config):
     _, run, _, _ = pretrained
     cfg = make_config(*FAST, "data.num_classes=3", "stage=score", f"init.weights=runs:/{run.info.run_id}")

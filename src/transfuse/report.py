@@ -79,8 +79,9 @@ def checkpoint_metric(metric: str, checkpoint: str) -> str:
     """
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {checkpoint!r}")
-    if checkpoint == "last" and metric.startswith("test/"):
-        return "test_last/" + metric.removeprefix("test/")
+    split, _, rest = metric.partition("/")
+    if checkpoint == "last" and split in ("test", "test_source") and rest:
+        return f"{split.replace('test', 'test_last', 1)}/{rest}"
     return metric
 
 

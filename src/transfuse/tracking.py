@@ -60,12 +60,17 @@ class RunLogger(MLFlowLogger):
         self.flush_every_s = flush_every_s
         self._pending: list[Metric] = []
         self._flushed_at = time.monotonic()
+        #: first key segment -> logged name (``{"test": "test_last"}`` while the last-epoch weights are tested)
+        self.renames: dict[str, str] = {}
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         timestamp_ms = int(time.time() * 1000)
         for key, value in metrics.items():
             name = re.sub(r"[^a-zA-Z0-9_/. -]+", "", key)  # the characters MLflow allows in metric names
+            split, _, rest = name.partition("/")
+            if rest and split in self.renames:
+                name = f"{self.renames[split]}/{rest}"
             self._pending.append(Metric(key=name, value=float(value), timestamp=timestamp_ms, step=step or 0))
         if time.monotonic() - self._flushed_at >= self.flush_every_s:
             self.flush()

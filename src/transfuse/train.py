@@ -49,6 +49,24 @@ def build_model(cfg: DictConfig, class_names: list[str], **extra: object) -> L.L
     )
 
 
+def test_last_epoch(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule) -> dict:
+    """Test the weights of the last epoch (still in ``model`` after fit) and log them as ``test_last/*``
+    (``test_source/*`` as ``test_last_source/*``), so a report can choose the best or the last checkpoint."""
+    renames = {"test": "test_last", "test_source": "test_last_source"}
+    trainer.logger.renames = renames
+    try:
+        loaders = trainer.test(model, datamodule=datamodule, verbose=False)
+        results = {key: value for loader in loaders for key, value in loader.items()}
+    finally:
+        trainer.logger.renames = {}
+    return {
+        f"{renames[split]}/{rest}": float(value)
+        for key, value in results.items()
+        for split, _, rest in [key.partition("/")]
+        if split in renames and rest
+    }
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one stage and return its final metrics (``val/*``, ``test/*``, ``val/acc_best``...)."""
     if cfg.stage.requires_weights and str(cfg.init.weights).lower() in ("none", "null", ""):
@@ -76,6 +94,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks: list[Callback] = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
         trainer = instantiate(cfg.trainer, logger=run.logger(**cfg.logger.metrics), callbacks=callbacks)
         seconds: dict[str, float] = {}
+        last: dict[str, float] = {}
         if cfg.stage.fit:
             start = time.perf_counter()
             trainer.fit(model, datamodule=datamodule)
@@ -83,13 +102,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             run.log_checkpoints(trainer, Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", cfg.last_checkpoint)
         if cfg.stage.test:
             best = trainer.checkpoint_callback is not None and bool(trainer.checkpoint_callback.best_model_path)
+            if cfg.stage.fit and best and cfg.test_last:
+                last = test_last_epoch(trainer, model, datamodule)
             start = time.perf_counter()
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if cfg.stage.fit and best else None)
             seconds["time/test_s"] = time.perf_counter() - start
             if cfg.logger.plots:
                 run.log_plots(model.test_summary, model.class_names, trainer.logger)
         run.log_metrics(seconds)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | run.logged_scores
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | run.logged_scores | last
         if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:
             metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(trainer.checkpoint_callback.best_model_score)
     return metrics

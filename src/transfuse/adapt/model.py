@@ -72,6 +72,8 @@ class AdaptClassifier(ImageClassifier):
         logits = self.head(features)
         metrics = self.eval_metrics[f"{split}_{domain}"]
         metrics.update(logits, labels)
+        if metrics is self.test_metrics:  # the target test split feeds the run's figures
+            self.test_predictions.update(logits, labels)
         name = {"val_source": "val", "test_target": "test"}.get(f"{split}_{domain}", f"{split}_{domain}")
         self.log(f"{name}/loss", self.criterion(logits, labels), batch_size=len(labels), add_dataloader_idx=False)
         if split == "val":
