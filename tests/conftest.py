@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,3 +54,11 @@ def tracking_uri(tmp_path: Path, _empty_store: Path) -> str:
 def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_config(*overrides)``: the composed config of one test, sharing one store per test."""
     return lambda *overrides: compose_config(list(overrides), tmp_path)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG, from its IHDR chunk (the first one, right after the signature)."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert header[12:16] == b"IHDR"
+    return struct.unpack(">II", header[16:24])

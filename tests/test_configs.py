@@ -90,3 +90,45 @@ def test_backbone_name_follows_timm_normalisation(make_config):
     assert list(cfg.data.mean) == [0.5, 0.5, 0.5]
     cfg = make_config("backbone.name=resnet18")
     assert list(cfg.backbone.std) == pytest.approx([0.229, 0.224, 0.225])
+
+
+SEARCHES = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))
+
+
+def _with_hydra(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_hparams_search_tunes_keys_that_exist_with_optuna_tpe(search):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    cfg = _with_hydra([f"hparams_search={search}", "experiment=digits_transfer/finetune"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.sampler._target_.endswith("TPESampler")
+    assert sweeper.direction == "maximize" and cfg.monitor_mode == "max"  # the returned metric is an accuracy
+    parser = OverridesParser.create()
+    for key, space in sweeper.params.items():
+        if key in ("finetune",):  # a config group: every choice must be an option of it
+            choices = parser.parse_override(f"{key}={space}").value().list
+            assert {f"{c}.yaml" for c in choices} <= {p.name for p in (CONF_DIR / key).glob("*.yaml")}
+        else:
+            assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+
+
+def test_slurm_launcher_is_submitit_with_resources():
+    cfg = _with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min > 0
+
+
+def test_joblib_launcher_is_available():
+    cfg = _with_hydra(["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"])
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 3

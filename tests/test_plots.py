@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import struct
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_calibration_error, multiclass_confusion_matrix
 
-from tests.conftest import FAST
+from tests.conftest import FAST, png_size
 from transfuse.finetune import Full
 from transfuse.models.classifier import ImageClassifier
 from transfuse.models.summary import PredictionSummary, summarise_predictions
@@ -23,7 +22,6 @@ from transfuse.plotting import run as figures
 from transfuse.tracking import CURVE_KEYS, epoch_curves
 from transfuse.train import train
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/reliability_diagram.png"}
 
 # Six predictions over three classes, as probabilities (logits are their logarithms), with four bins of
@@ -99,14 +97,6 @@ def test_classifier_accumulates_each_test_pass_on_its_own():
     second = _test_pass(model, LOGITS[:1], LABELS[:1])  # a new pass starts from zero
     assert second.confusion.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
     assert second.bin_count.tolist() == [0, 0, 1, 0]
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """Width and height of a PNG, from its IHDR chunk (the first one, right after the signature)."""
-    header = path.read_bytes()[:24]
-    assert header[:8] == PNG_SIGNATURE
-    assert header[12:16] == b"IHDR"
-    return struct.unpack(">II", header[16:24])
 
 
 def _pixels(inches: tuple[float, float]) -> tuple[int, int]:

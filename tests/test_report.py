@@ -8,6 +8,7 @@ import re
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import png_size
 from transfuse.report import fetch_runs, main, summarise
 
 
@@ -271,14 +272,6 @@ def test_sweep_on_the_command_line_needs_no_experiment(sweeps, tracking_uri, tmp
     assert [line.split(",")[0] for line in out.read_text().splitlines()[1:]] == ["created", "other", "reused"]
     with pytest.raises(SystemExit, match="name an --experiment, or a --sweep"):
         main(["--tracking-uri", tracking_uri])
-
-
-def png_size(path) -> tuple[int, int]:
-    import struct
-
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
 
 
 def test_bar_and_curve_write_pngs_of_the_figure_size(grid, tmp_path):

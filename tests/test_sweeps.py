@@ -122,3 +122,19 @@ def test_joblib_sweep_in_parallel_then_relaunched_from_the_command_line(tmp_path
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert len(fetch_runs(client, [], sweeps=[str(tmp_path / "second")])) == 3  # a report of the relaunch
     assert fetch_runs(client, [], sweeps=[str(tmp_path / "sec")]) == []  # a prefix of an id is not the id
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_its_trials_and_a_relaunch_replays_them(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [
+        *[sys.executable, "-m", "transfuse.train", "-m", *TINY, "hparams_search=lr_wd"],
+        *["hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2"],
+    ]
+    for _ in range(2):
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+    runs = _runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(runs) == 3  # the seeded sampler proposed the same trials again, and each was reused
+    assert len({r.data.params["optimizer.lr"] for r in runs}) == 3
+    assert all(len(r.data.tags[SWEEPS_TAG].split()) == 2 for r in runs)
