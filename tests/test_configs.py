@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -12,7 +14,7 @@ from transfuse.train import build_model
 GROUPS = ["data", "backbone", "head", "stage", "finetune", "optimizer", "scheduler", "trainer", "callbacks", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 #: experiments of transfuse-fuse (conf/fuse.yaml); every other one is a transfuse-train experiment
-FUSE_EXPERIMENTS = ["digits_soups/fuse"]
+FUSE_EXPERIMENTS = ["digits_soups/fuse", "wortsman2022_soups/full_scale_fuse"]
 EXPERIMENTS = sorted(
     name
     for name in (str(p.relative_to(EXPERIMENTS_DIR).with_suffix("")) for p in EXPERIMENTS_DIR.rglob("*.yaml"))
@@ -21,8 +23,19 @@ EXPERIMENTS = sorted(
 #: values an experiment leaves to the command line (``???``), as its run.sh gives them
 REQUIRED = {
     "digits_adaptation/adabn": ["source_data=mnist5k"],
+    "kumar2022_lpft/ood": ["target_method=full"],
+    "kumar2022_lpft/full_scale_ood": ["target_method=full"],
     "noisy_mnist_fusion/base": ["tags.method=early", "fusion=early"],
     **{f"source_ranking/{n}": ["candidate=mnist"] for n in ("source", "target", "score", "finetune")},
+}
+#: full-scale experiments read image folders that are not here (``root: ???``): the test points these keys at
+#: a tiny stand-in folder, so the models they name (ResNet-50, CLIP ViT-B/32) are still built, without weights
+STAND_IN_ROOTS = {
+    "yosinski2014/full_scale": ["data.root"],
+    "kumar2022_lpft/full_scale": ["data.root"],
+    "kumar2022_lpft/full_scale_ood": ["data.root"],
+    "ganin2016_dann/full_scale": ["data.root", "target_data.root"],
+    "wortsman2022_soups/full_scale": ["data.root"],
 }
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 
@@ -53,9 +66,24 @@ def test_group_option_composes_and_instantiates(make_config, group, option):
     assert logits.shape == (2, 3)
 
 
+def _stand_in_folder(root: Path) -> Path:
+    """``root/<class>/*.png``: two classes of ten 8x8 images, enough for train, val and test splits."""
+    from PIL import Image
+
+    for label, grey in (("a", 0), ("b", 255)):
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (8, 8), grey).save(root / label / f"{i}.png")
+    return root
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_composes_and_instantiates(make_config, experiment):
-    cfg = make_config(f"experiment={experiment}", "backbone=test_resnet", *REQUIRED.get(experiment, []))
+def test_experiment_composes_and_instantiates(make_config, tmp_path, experiment):
+    stand_in = []
+    if experiment in STAND_IN_ROOTS:
+        folder = _stand_in_folder(tmp_path / "stand_in")
+        stand_in = [f"{key}={folder}" for key in STAND_IN_ROOTS[experiment]]
+    cfg = make_config(f"experiment={experiment}", "backbone=test_resnet", *REQUIRED.get(experiment, []), *stand_in)
     assert cfg.logger.experiment_name != "transfuse", "a study logs into its own MLflow experiment"
     datamodule = instantiate(cfg.data)
     model = build_model(cfg, datamodule.class_names)

@@ -101,6 +101,9 @@ def test_logit_mean_is_tracked_with_its_members_and_matches_a_hand_ensemble(zoo)
     params = sum(p.numel() for p in build_model(compose_config(FAST, zoo[0] / "p"), ["a", "b", "c", "d"]).parameters())
     assert run.data.metrics["cost/params"] == 2 * params  # an ensemble costs all of its members
     assert run.data.metrics["cost/latency_ms_per_image"] > 0
+    # figures of the fused test predictions; no learning curves, as nothing was trained
+    plots = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/confusion_matrix.png", "plots/reliability_diagram.png"}
 
 
 @pytest.mark.parametrize(
@@ -182,6 +185,7 @@ def test_distilled_student_is_one_model_that_training_can_load(zoo, tmp_path):
     client, run = _latest(uri)
     assert run.info.status == "FINISHED" and run.data.tags["source_run_id"] == source.info.run_id
     assert "train/distill_loss" in run.data.metrics and len(client.get_metric_history(run.info.run_id, "val/acc")) >= 2
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {"plots/learning_curves.png"}
     # one student: the parameters of one test_resnet classifier, not of the two members
     one = build_model(compose_config(FAST, tmp_path / "p"), ["a", "b", "c", "d"])
     assert run.data.metrics["cost/params"] == sum(p.numel() for p in one.parameters())

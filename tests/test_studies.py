@@ -161,3 +161,36 @@ def test_shortened_noisy_mnist_fusion_study_has_a_row_per_view_and_fusion(make_c
     }
     groups = summarise(runs, ["tags.method"], "test/acc")
     assert len(groups) == len(methods) and all(g.n == 1 and 0.0 <= g.mean <= 1.0 for g in groups)
+
+
+@pytest.mark.slow
+def test_shortened_yosinski_study_has_a_row_per_frozen_depth(make_config):
+    train(make_config("experiment=yosinski2014/source", *SHORT))
+    train(make_config("experiment=yosinski2014/scratch", *SHORT))
+    for frozen in (0, 2, 5):  # nothing, stem + layer1, the whole backbone
+        cfg = make_config("experiment=yosinski2014/transfer", f"finetune.freeze_blocks={frozen}", *SHORT)
+        train(cfg)
+    runs = fetch_runs(MlflowClient(cfg.logger.tracking_uri), ["yosinski2014"], "tags.data = 'digits'")
+    groups = summarise(runs, ["tags.method", "tags.frozen_blocks"], "test/acc", order=["scratch", "transfer"])
+    assert [g.key for g in groups] == [("scratch", "-"), ("transfer", "0"), ("transfer", "2"), ("transfer", "5")]
+    transfers = [r for r in runs if r.data.tags["method"] == "transfer"]
+    assert len({r.data.tags["source_run_id"] for r in transfers}) == 1  # one source for every depth
+
+
+@pytest.mark.slow
+def test_shortened_lpft_study_tests_each_method_in_and_out_of_distribution(make_config):
+    methods = {"linear_probe": [], "full": [], "lp_ft": ["finetune.probe_epochs=1"]}
+    train(make_config("experiment=kumar2022_lpft/source", *SHORT))
+    train(make_config("experiment=kumar2022_lpft/source_only", *SHORT))
+    for method, overrides in methods.items():
+        train(make_config("experiment=kumar2022_lpft/finetune", f"finetune={method}", *SHORT, *overrides))
+    for method in methods:
+        cfg = make_config("experiment=kumar2022_lpft/ood", f"target_method={method}", *SHORT)
+        train(cfg)
+    runs = fetch_runs(MlflowClient(cfg.logger.tracking_uri), ["kumar2022_lpft"])
+    groups = summarise(runs, ["tags.method", "tags.data"], "test/acc")
+    assert {g.key for g in groups} == {(m, d) for m in ("source", *methods) for d in ("digits", "mnist5k")}
+    # each OOD test starts from the fine-tune of its own method
+    finetuned = {r.data.tags["method"]: r.info.run_id for r in runs if r.data.tags["stage"] == "finetune"}
+    ood = [r for r in runs if r.data.tags["stage"] == "evaluate" and r.data.tags["data"] == "mnist5k"]
+    assert {r.data.tags["method"]: r.data.tags["source_run_id"] for r in ood} == finetuned

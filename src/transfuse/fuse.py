@@ -28,6 +28,7 @@ from transfuse.errors import TransfuseError
 from transfuse.fusion.members import find_members, load_member
 from transfuse.fusion.methods import Fused, Pool
 from transfuse.models.classifier import classification_metrics
+from transfuse.models.summary import summarise_predictions
 from transfuse.sweeps import HASH_TAG, config_hash, run_or_reuse
 from transfuse.tracking import tracked_run
 from transfuse.train import build_model
@@ -78,10 +79,13 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
                 run.log_source(source, weights.load_into(student, source, class_names, "reinit"))
             return student
 
+        trained: list[L.LightningModule] = []
+
         def fit(model: L.LightningModule) -> L.LightningModule:
             callbacks = [instantiate(c) for c in cfg.callbacks.values()]
             trainer = instantiate(cfg.trainer, logger=run.logger(**cfg.logger.metrics), callbacks=callbacks)
             trainer.fit(model, datamodule=datamodule)
+            trained.append(model)
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
             if best:
                 model.load_state_dict(weights.read_file(best)[0])
@@ -106,6 +110,9 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
         metrics["cost/latency_ms_per_image"] = latency_ms(fused, images["test"][: cfg.latency_images])
         metrics |= fused.weights
         run.log_metrics(metrics)
+        if cfg.logger.plots:  # confusion matrix and reliability of the fused test predictions, as a run draws them
+            summary = summarise_predictions(fused.logits["test"], labels["test"], n, cfg.model.ece_bins)
+            run.log_plots(summary, class_names, curves=bool(trained))
         if fused.state_dict is not None:
             run.log_state_dict(fused.state_dict, class_names)
     return metrics

@@ -220,7 +220,11 @@ class TrackedRun:
             self.client.log_metric(self.run_id, f"{callback.monitor}_best", float(callback.best_model_score))
 
     def log_plots(
-        self, summary: PredictionSummary | None, class_names: Sequence[str], logger: RunLogger | None = None
+        self,
+        summary: PredictionSummary | None,
+        class_names: Sequence[str],
+        logger: RunLogger | None = None,
+        curves: bool = True,
     ) -> list[str]:
         """Upload the run's figures as PNGs under ``plots/``.
 
@@ -231,6 +235,7 @@ class TrackedRun:
             summary: the model's ``test_summary`` after the test pass to show.
             class_names: the confusion matrix's axis labels.
             logger: the run's Lightning logger, flushed first so that the history is complete.
+            curves: False where the run trained nothing (a fusion's one ``val/acc`` is not a curve).
 
         Returns:
             The names of the files uploaded.
@@ -241,9 +246,9 @@ class TrackedRun:
         if logger is not None:
             logger.flush()
         drawn = {}
-        curves = {panel: epoch_curves(self.client, self.run_id, lines) for panel, lines in CURVE_KEYS.items()}
-        if any(points for panel in curves.values() for points in panel.values()):
-            drawn["learning_curves.png"] = figures.learning_curves(curves["loss"], curves["accuracy"])
+        history = {panel: epoch_curves(self.client, self.run_id, lines) for panel, lines in CURVE_KEYS.items()}
+        if curves and any(points for panel in history.values() for points in panel.values()):
+            drawn["learning_curves.png"] = figures.learning_curves(history["loss"], history["accuracy"])
         if summary is not None and summary.total:
             drawn["confusion_matrix.png"] = figures.confusion_matrix(summary.confusion, class_names)
             drawn["reliability_diagram.png"] = figures.reliability_diagram(
