@@ -57,6 +57,11 @@ def test_filter_and_unknown_experiment(store, tracking_uri):
     assert len(runs) == 2
     with pytest.raises(SystemExit, match="no experiment named 'nope'"):
         main(["--experiment", "nope", "--tracking-uri", tracking_uri])
+    base = ["--experiment", "study", "--tracking-uri", tracking_uri, "--metric", "test/acc"]
+    with pytest.raises(SystemExit, match=r"^transfuse-report: error: .*quoted string"):  # MLflow's parser, one line
+        main([*base, "--rows", "tags.method", "--filter", "tags.method IN ('full')"])
+    with pytest.raises(SystemExit, match=r"^transfuse-report: error: 'method': a key starts with tags\."):
+        main([*base, "--rows", "method"])
 
 
 def test_numeric_keys_sort_as_numbers(tracking_uri):

@@ -88,6 +88,22 @@ def test_same_shape_but_renamed_classes_also_reinitialise_the_head(model_factory
     assert weights.load_into(target, checkpoint, CLASSES).head_reinitialised
 
 
+def test_fresh_head_keeps_a_new_classifier_although_the_classes_match(model_factory):
+    source = model_factory("seed=1")  # another torch seed than the targets
+    checkpoint = weights.Checkpoint(source.state_dict(), "src", class_names=CLASSES)
+    kept = model_factory()
+    assert not weights.load_into(kept, checkpoint, CLASSES).head_reinitialised
+    torch.testing.assert_close(kept.head.fc.weight, source.head.fc.weight)  # by default the source head is kept
+    fresh = model_factory()
+    head_before = fresh.head.fc.weight.clone()
+    assert weights.load_into(fresh, checkpoint, CLASSES, fresh_head=True).head_reinitialised
+    torch.testing.assert_close(fresh.head.fc.weight, head_before)
+    assert not torch.equal(fresh.head.fc.weight, source.head.fc.weight)
+    _assert_same(fresh, {k: v for k, v in source.state_dict().items() if k.startswith("backbone.")})
+    with pytest.raises(WeightsError, match="only a stage that trains"):
+        weights.load_into(model_factory(), checkpoint, CLASSES, on_head_mismatch="error", fresh_head=True)
+
+
 def test_evaluation_refuses_a_head_for_other_classes(model_factory):
     source = model_factory(classes=["a", "b", "c"])
     checkpoint = weights.Checkpoint(source.state_dict(), "src.ckpt", class_names=["a", "b", "c"])

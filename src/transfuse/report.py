@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 #: checkpoint rules: which weights a ``test/*`` metric was measured on, as the caption states it
@@ -502,8 +503,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("transfuse-report: error: several metrics become columns themselves; drop --columns")
     if not rows:
         raise SystemExit("transfuse-report: error: --rows needs at least one key")
-    runs = fetch_runs(MlflowClient(args.tracking_uri), args.experiment, args.filter, sweeps)
-    tables = {m: summarise(runs, [*rows, *columns], m, order) for m in metrics}
+    try:
+        runs = fetch_runs(MlflowClient(args.tracking_uri), args.experiment, args.filter, sweeps)
+        tables = {m: summarise(runs, [*rows, *columns], m, order) for m in metrics}
+    except (MlflowException, ValueError) as err:  # a filter MLflow cannot parse, a key without a prefix
+        message = str(getattr(err, "message", err)).strip().splitlines()[0]
+        raise SystemExit(f"transfuse-report: error: {message}") from None
     for metric, groups in tables.items():
         if not groups:
             hint = " (--checkpoint last reads test/x as test_last/x)" if metric.startswith("test_last/") else ""

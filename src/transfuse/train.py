@@ -81,7 +81,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         report = None
         if source is not None:
             report = weights.load_into(
-                model, source, datamodule.class_names, cfg.stage.on_head_mismatch, cfg.init.class_map
+                model,
+                source,
+                datamodule.class_names,
+                cfg.stage.on_head_mismatch,
+                cfg.init.class_map,
+                fresh_head=cfg.init.fresh_head,
             )
             run.log_source(source, report)
         if hasattr(model.backbone, "branch_weights"):

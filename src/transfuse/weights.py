@@ -164,6 +164,7 @@ def load_into(
     class_names: list[str],
     on_head_mismatch: str = "reinit",
     class_map: Mapping[str, str] | None = None,
+    fresh_head: bool = False,
 ) -> LoadReport:
     """Copy checkpoint weights into ``model``; refuse shape mismatches outside a head whose classes changed.
 
@@ -175,16 +176,24 @@ def load_into(
             (fine-tuning to new classes); ``error`` refuses (evaluation needs the head to match).
         class_map: ``{target class: source class}``; when the classifier is re-initialised, the rows of the
             mapped target classes are copied from the source classifier (a partial label-space match).
+        fresh_head: keep the model's fresh classifier layer even when the classes match, as LP-FT and
+            Kumar et al.'s fine-tuning baselines assume (a source head of the same classes starts warm).
     """
     if on_head_mismatch not in ("reinit", "error"):
         raise ValueError(f"on_head_mismatch must be 'reinit' or 'error', got {on_head_mismatch!r}")
+    if fresh_head and on_head_mismatch == "error":
+        raise WeightsError("init.fresh_head=true leaves an untrained classifier: only a stage that trains can use it")
     state = _as_model_keys(checkpoint.state_dict)
     own = model.state_dict()
     head_keys = [k for k in state if k.startswith(HEAD_PREFIX)]
     head_shapes_differ = any(k in own and own[k].shape != state[k].shape for k in head_keys)
     names_differ = checkpoint.class_names is not None and list(checkpoint.class_names) != list(class_names)
-    reinit_head = bool(head_keys) and (head_shapes_differ or names_differ)
-    if reinit_head:
+    reinit_head = bool(head_keys) and (head_shapes_differ or names_differ or fresh_head)
+    if reinit_head and not (head_shapes_differ or names_differ):
+        log.info("init.fresh_head: the classifier is re-initialised although the classes match")
+        classifier = {k: v for k, v in state.items() if k.startswith(CLASSIFIER_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIX)}
+    elif reinit_head:
         was = checkpoint.class_names or "a different number of classes"
         if on_head_mismatch == "error":
             raise WeightsError(
