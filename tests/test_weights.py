@@ -104,6 +104,27 @@ def test_fresh_head_keeps_a_new_classifier_although_the_classes_match(model_fact
         weights.load_into(model_factory(), checkpoint, CLASSES, on_head_mismatch="error", fresh_head=True)
 
 
+def test_copy_blocks_takes_only_the_first_blocks_of_the_source(model_factory):
+    from transfuse.finetune import backbone_blocks
+
+    source = model_factory("seed=1")
+    target = model_factory()
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    checkpoint = weights.Checkpoint(source.state_dict(), "src", class_names=CLASSES)
+    weights.load_into(target, checkpoint, CLASSES, fresh_head=True)
+    reset = set(weights.reset_above(target, fresh, 2))
+    blocks = backbone_blocks(target)
+    own, theirs = target.state_dict(), source.state_dict()
+    for names, _ in blocks[:2]:  # stem and first stage: the source's
+        assert all(torch.equal(own[n], theirs[n]) for n in names) and not reset & set(names)
+    for names, modules in blocks[2:]:  # the rest, buffers included: as freshly built
+        buffers = [k for k in own if any(k.startswith(f"{m}.") for m in modules) and "running_mean" in k]
+        assert buffers and all(torch.equal(own[k], fresh[k]) for k in [*names, *buffers])
+    assert torch.equal(target.head.fc.weight, fresh["head.fc.weight"])
+    with pytest.raises(WeightsError, match=f"the backbone has {len(blocks)} blocks"):
+        weights.reset_above(target, fresh, len(blocks) + 1)
+
+
 def test_evaluation_refuses_a_head_for_other_classes(model_factory):
     source = model_factory(classes=["a", "b", "c"])
     checkpoint = weights.Checkpoint(source.state_dict(), "src.ckpt", class_names=["a", "b", "c"])

@@ -79,6 +79,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.log_config(cfg)
         source = weights.resolve(cfg.init.weights, run.client, model.backbone)
         report = None
+        copy_blocks = cfg.init.copy_blocks
+        fresh = {k: v.clone() for k, v in model.state_dict().items()} if copy_blocks is not None else {}
         if source is not None:
             report = weights.load_into(
                 model,
@@ -86,8 +88,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 datamodule.class_names,
                 cfg.stage.on_head_mismatch,
                 cfg.init.class_map,
-                fresh_head=cfg.init.fresh_head,
+                fresh_head=cfg.init.fresh_head or copy_blocks is not None,
             )
+            if copy_blocks is not None:
+                weights.reset_above(model, fresh, copy_blocks)
             run.log_source(source, report)
         if hasattr(model.backbone, "branch_weights"):
             for i, branch_source in weights.load_branches(model, run.client, datamodule.class_names).items():

@@ -240,6 +240,31 @@ def load_into(
     return LoadReport(loaded, missing, list(result.unexpected_keys), reinit_head)
 
 
+def reset_above(model: nn.Module, fresh: Mapping[str, Tensor], copied_blocks: int) -> list[str]:
+    """Put back the fresh values (``fresh``: the state before loading) of every backbone block after the first
+    ``copied_blocks`` and of the head, buffers included: the source then gives only its first n blocks, as in
+    Yosinski et al.'s transfer of the first n layers. Returns the keys reset."""
+    from transfuse.finetune import backbone_blocks
+
+    blocks = backbone_blocks(model)
+    if not 0 <= copied_blocks <= len(blocks):
+        raise WeightsError(
+            f"init.copy_blocks={copied_blocks}, but the backbone has {len(blocks)} blocks (0 to copy none)"
+        )
+    keys = {k for k in fresh if k.startswith(HEAD_PREFIX)}
+    for names, modules in blocks[copied_blocks:]:
+        keys.update(names)
+        keys.update(k for k in fresh if any(k.startswith(f"{m}.") for m in modules))
+    state = model.state_dict()
+    with torch.no_grad():
+        for key in keys:
+            state[key].copy_(fresh[key])
+    log.info(
+        "kept %d of %d blocks from the source; %d tensors above them start fresh", copied_blocks, len(blocks), len(keys)
+    )
+    return sorted(keys)
+
+
 class _Branch(nn.Module):
     """Presents one branch of a multi-view backbone as a model's ``backbone`` so :func:`load_into` fits it."""
 
