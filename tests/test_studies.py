@@ -164,17 +164,26 @@ def test_shortened_noisy_mnist_fusion_study_has_a_row_per_view_and_fusion(make_c
 
 
 @pytest.mark.slow
-def test_shortened_yosinski_study_has_a_row_per_frozen_depth(make_config):
+def test_shortened_yosinski_study_copies_n_blocks_from_a_or_from_b(make_config):
     train(make_config("experiment=yosinski2014/source", *SHORT))
     train(make_config("experiment=yosinski2014/scratch", *SHORT))
-    for frozen in (0, 2, 5):  # nothing, stem + layer1, the whole backbone
-        cfg = make_config("experiment=yosinski2014/transfer", f"finetune.freeze_blocks={frozen}", *SHORT)
+    for experiment, overrides in [
+        ("copy_frozen", ["base=A", "n=2"]),
+        ("copy_frozen", ["base=B", "n=2"]),
+        ("copy_tuned", ["base=A", "n=2"]),
+        ("transfer", ["finetune.freeze_blocks=2"]),
+    ]:
+        cfg = make_config(f"experiment=yosinski2014/{experiment}", *SHORT, *overrides)
         train(cfg)
     runs = fetch_runs(MlflowClient(cfg.logger.tracking_uri), ["yosinski2014"], "tags.data = 'digits'")
-    groups = summarise(runs, ["tags.method", "tags.frozen_blocks"], "test/acc", order=["scratch", "transfer"])
-    assert [g.key for g in groups] == [("scratch", "-"), ("transfer", "0"), ("transfer", "2"), ("transfer", "5")]
-    transfers = [r for r in runs if r.data.tags["method"] == "transfer"]
-    assert len({r.data.tags["source_run_id"] for r in transfers}) == 1  # one source for every depth
+    groups = summarise(runs, ["tags.method", "tags.n"], "test/acc", order=["scratch", "AnB", "AnB+", "BnB"])
+    assert [g.key for g in groups] == [("scratch", "0"), ("AnB", "2"), ("AnB+", "2"), ("BnB", "2"), ("AnB_warm", "2")]
+    by_method = {r.data.tags["method"]: r for r in runs}
+    source = fetch_runs(MlflowClient(cfg.logger.tracking_uri), ["yosinski2014"], "tags.data = 'mnist5k'")[0]
+    assert by_method["BnB"].data.tags["source_run_id"] == by_method["scratch"].info.run_id  # the selffer control
+    assert {by_method[m].data.tags["source_run_id"] for m in ("AnB", "AnB+", "AnB_warm")} == {source.info.run_id}
+    assert by_method["AnB"].data.params["init.copy_blocks"] == "2"
+    assert by_method["AnB_warm"].data.params["init.copy_blocks"] == "None"
 
 
 @pytest.mark.slow
