@@ -2,7 +2,7 @@
 # kumar2022_lpft, small form: linear probing, full fine-tuning and LP-FT of an mnist5k ResNet-18 on UCI digits
 # with 10 labels per class (ID), each then tested back on mnist5k (OOD: the distribution the pretrained
 # features were good on), 3 seeds. Run from the repository root with the project installed.
-# About 8 minutes on a 2-core CPU.
+# About 12 minutes on a 2-core CPU.
 set -euo pipefail
 STUDY_RUN=${STUDY_RUN:-$(date +%Y%m%d-%H%M%S)}
 SEEDS=${SEEDS:-0,1,2}
