@@ -9,27 +9,22 @@ member runs named by ``pool.runs`` or ``pool.filter``, fuse, and log the fused m
 from __future__ import annotations
 
 import logging
-import math
 import statistics
-import sys
 import time
 
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from transfuse import weights
 from transfuse.config import CONF_DIR, register_resolvers
-from transfuse.errors import TransfuseError
 from transfuse.fusion.members import find_members, load_member
 from transfuse.fusion.methods import Fused, Pool
 from transfuse.models.classifier import classification_metrics
 from transfuse.models.summary import summarise_predictions
-from transfuse.sweeps import HASH_TAG, config_hash, run_or_reuse
+from transfuse.sweeps import HASH_TAG, config_hash, run_job
 from transfuse.tracking import tracked_run
 from transfuse.train import build_model
 
@@ -121,15 +116,7 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="fuse")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.return_metric`` for sweepers (NaN when missing)."""
-    try:
-        metrics = run_or_reuse(cfg, fuse)
-    except TransfuseError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        sys.exit(f"transfuse-fuse: error: {err}")
-    value = metrics.get(cfg.return_metric, math.nan)
-    log.info("%s = %.4f", cfg.return_metric, value)
-    return value
+    return run_job(cfg, fuse, cfg.return_metric, "transfuse-fuse")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
+from transfuse.errors import TransfuseError
 from transfuse.tracking import open_store
 
 log = logging.getLogger(__name__)
@@ -96,9 +101,6 @@ def reuse(client: MlflowClient, twin: Run, sweep_id: str | None) -> dict[str, fl
 
 def multirun_sweep() -> str | None:
     """The sweep directory of the current Hydra multirun job (its sweep id), None outside a multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     return str(HydraConfig.get().sweep.dir)
@@ -119,3 +121,18 @@ def run_or_reuse(
         if twin is not None:
             return reuse(client, twin, sweep_id)
     return task(cfg)
+
+
+def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, float]], return_metric: str, prog: str) -> float:
+    """What every entry point does with one Hydra job: run or reuse it and return ``return_metric`` for
+    sweepers (NaN when the run has none). A TransfuseError ends a single run with one line naming ``prog``;
+    in a multirun it is raised so that Hydra stops the sweep and says which job failed."""
+    try:
+        metrics = run_or_reuse(cfg, task)
+    except TransfuseError as err:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(f"{prog}: error: {err}")
+    value = metrics.get(return_metric, math.nan)
+    log.info("%s = %.4f", return_metric, value)
+    return value

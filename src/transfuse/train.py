@@ -7,23 +7,19 @@ only switches its steps on or off.
 from __future__ import annotations
 
 import logging
-import math
-import sys
 import time
 from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from transfuse import weights
 from transfuse.config import CONF_DIR, register_resolvers
-from transfuse.errors import ConfigError, TransfuseError
-from transfuse.sweeps import HASH_TAG, config_hash, run_or_reuse
+from transfuse.errors import ConfigError
+from transfuse.sweeps import HASH_TAG, config_hash, run_job
 from transfuse.tracking import tracked_run
 from transfuse.transferability import score_model
 
@@ -130,15 +126,7 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.stage.return_metric`` for sweepers (NaN when the run has none)."""
     if cfg.get("print_config"):
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    try:
-        metrics = run_or_reuse(cfg, train)
-    except TransfuseError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        sys.exit(f"transfuse-train: error: {err}")
-    value = metrics.get(cfg.stage.return_metric, math.nan)
-    log.info("%s = %.4f", cfg.stage.return_metric, value)
-    return value
+    return run_job(cfg, train, cfg.stage.return_metric, "transfuse-train")
 
 
 if __name__ == "__main__":
