@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +56,19 @@ def tracking_uri(tmp_path: Path, _empty_store: Path) -> str:
 def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_config(*overrides)``: the composed config of one test, sharing one store per test."""
     return lambda *overrides: compose_config(list(overrides), tmp_path)
+
+
+def run_cli(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as a user would type it, in ``cwd``, with the default tracking store."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def last_line(stderr: str) -> str:
+    """The last non-empty line a command printed on stderr (where its one-line error goes)."""
+    return [line for line in stderr.splitlines() if line.strip()][-1]
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import FAST
-
-TRAIN = [sys.executable, "-m", "transfuse.train"]
+from tests.conftest import FAST, last_line, run_cli
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([*TRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return run_cli("transfuse.train", args, cwd)
 
 
 def test_user_error_is_one_line_without_traceback(tmp_path):
@@ -55,3 +50,24 @@ def test_multirun_writes_one_finished_run_per_job_into_the_default_store(tmp_pat
     assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "1"]
     assert all("seed=" in r.data.tags["overrides"] for r in runs)
     assert (tmp_path / "multirun").is_dir()
+
+
+def test_unknown_backbone_is_one_line_on_train_and_creates_no_run(tmp_path):
+    result = _run([*FAST, "backbone.name=resnet_does_not_exist"], tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert (
+        lines[-1] == "transfuse-train: error: timm has no model named 'resnet_does_not_exist' (see timm.list_models())"
+    )
+    assert (
+        not (tmp_path / "mlflow.db").exists()
+        or MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("transfuse") is None
+    )
+
+
+def test_unknown_student_backbone_is_one_line_on_fuse(tmp_path):
+    args = ["data=synthetic", "fusion_method=distill", "backbone.name=resnet_does_not_exist", "pool.runs=[abc123]"]
+    result = run_cli("transfuse.fuse", args, tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    expected = "transfuse-fuse: error: timm has no model named 'resnet_does_not_exist' (see timm.list_models())"
+    assert last_line(result.stderr) == expected

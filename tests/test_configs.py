@@ -9,10 +9,10 @@ import torch
 from hydra.utils import instantiate
 
 from transfuse.config import CONF_DIR, EXPERIMENTS_DIR
-from transfuse.train import build_model
+from transfuse.models.build import build_model
 
 GROUPS = ["data", "backbone", "head", "stage", "finetune", "optimizer", "scheduler", "trainer", "callbacks", "debug"]
-OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml")) if not p.stem.startswith("_")]
 #: experiments of transfuse-fuse (conf/fuse.yaml); every other one is a transfuse-train experiment
 FUSE_EXPERIMENTS = ["digits_soups/fuse", "wortsman2022_soups/full_scale_fuse"]
 EXPERIMENTS = sorted(
@@ -25,7 +25,7 @@ REQUIRED = {
     "digits_adaptation/adabn": ["source_data=mnist5k"],
     "kumar2022_lpft/ood": ["target_method=full"],
     "kumar2022_lpft/full_scale_ood": ["target_method=full"],
-    "noisy_mnist_fusion/base": ["tags.method=early", "fusion=early"],
+    "noisy_mnist_fusion/base": ["tags.method=early", "multi_input=early"],
     **{f"source_ranking/{n}": ["candidate=mnist"] for n in ("source", "target", "score", "finetune")},
 }
 #: full-scale experiments read image folders that are not here (``root: ???``): the test points these keys at
@@ -37,7 +37,7 @@ STAND_IN_ROOTS = {
     "ganin2016_dann/full_scale": ["data.root", "target_data.root"],
     "wortsman2022_soups/full_scale": ["data.root"],
 }
-METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (CONF_DIR / "fusion_method").glob("*.yaml"))
 
 
 def _cpu_overrides(group: str, option: str) -> list[str]:
@@ -98,9 +98,9 @@ def test_every_fusion_method_and_fuse_experiment_composes(tmp_path, method):
     from transfuse.config import compose_config
 
     for experiment in [None, *FUSE_EXPERIMENTS]:
-        overrides = [f"method={method}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+        overrides = [f"fusion_method={method}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
         cfg = compose_config("fuse", [*overrides, *([f"experiment={experiment}"] if experiment else [])], tmp_path)
-        assert instantiate(cfg.method) is not None
+        assert instantiate(cfg.fusion_method) is not None
         OmegaConf.resolve(cfg)  # every interpolation (pool filter, tags) resolves
         assert cfg.tags.method == method
 

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback
 
 from tests.conftest import FAST
-from transfuse.finetune import Gradual, adapt_batchnorm, backbone_blocks
+from transfuse.finetune import Gradual, adapt_batchnorm
+from transfuse.models.build import build_model
 from transfuse.models.feature_cache import FeatureCache, image_keys
-from transfuse.train import build_model
 
 CLASSES = ["disk", "square", "triangle", "cross"]
 
@@ -46,7 +46,7 @@ def test_partial_freezing_leaves_the_first_blocks_untouched(build):
     _, model = build("finetune=partial", "finetune.freeze_blocks=2")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _one_step(model, *_batch())
-    blocks = backbone_blocks(model)
+    blocks = model.backbone_blocks()
     frozen = {n for names, _ in blocks[:2] for n in names}
     for name, parameter in model.named_parameters():
         if name in frozen:
@@ -64,7 +64,7 @@ def test_layer_wise_learning_rates_decrease_toward_the_input(build):
     _cfg, model = build("finetune.layer_decay=0.5", "finetune.head_lr_mult=10", "optimizer.lr=0.1")
     optimizer = model.configure_optimizers()["optimizer"]
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
-    blocks = backbone_blocks(model)
+    blocks = model.backbone_blocks()
     parameters = dict(model.named_parameters())
     n = len(blocks)
     for i, (names, _) in enumerate(blocks):
@@ -136,7 +136,7 @@ class Recorder(Callback):
         self.backbone_start[epoch] = next(module.backbone.parameters()).detach().clone()
         self.trainable[epoch] = [
             any(p.requires_grad for n in names for p in [dict(module.named_parameters())[n]])
-            for names, _ in backbone_blocks(module)
+            for names, _ in module.backbone_blocks()
         ]
 
     def on_train_epoch_end(self, trainer, module):

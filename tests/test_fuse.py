@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +10,13 @@ import torch
 from hydra.utils import instantiate
 from mlflow import MlflowClient
 
-from tests.conftest import FAST, compose_config
+from tests.conftest import FAST, compose_config, run_cli
 from transfuse import weights
 from transfuse.config import compose_config as compose_named
 from transfuse.errors import FusionError
 from transfuse.fuse import fuse
-from transfuse.train import build_model, train
+from transfuse.models.build import build_model
+from transfuse.train import train
 
 DATA = ["data=synthetic", "data.per_class=24"]
 
@@ -84,7 +82,7 @@ def _hand_logits(zoo, run) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_logit_mean_is_tracked_with_its_members_and_matches_a_hand_ensemble(zoo):
     _, uri, _, members = zoo
-    _, metrics = _fuse(zoo, "method=logit_mean")
+    _, metrics = _fuse(zoo, "fusion_method=logit_mean")
     _, run = _latest(uri)
     assert run.info.status == "FINISHED"
     ids = [m.info.run_id for m in members]
@@ -111,7 +109,7 @@ def test_logit_mean_is_tracked_with_its_members_and_matches_a_hand_ensemble(zoo)
 )
 def test_every_method_runs_over_real_members(zoo, method):
     _, uri, _, _ = zoo
-    _fuse(zoo, f"method={method}")
+    _fuse(zoo, f"fusion_method={method}")
     _, run = _latest(uri)
     assert run.info.status == "FINISHED" and run.data.tags["method"] == method
     assert 0.0 <= run.data.metrics["test/acc"] <= 1.0 and "val/ece" in run.data.metrics
@@ -123,7 +121,7 @@ def test_every_method_runs_over_real_members(zoo, method):
 
 def test_greedy_soup_beats_no_member_on_val_and_saves_weights_training_can_load(zoo, tmp_path):
     _, uri, _, _ = zoo
-    _, metrics = _fuse(zoo, "method=greedy_soup")
+    _, metrics = _fuse(zoo, "fusion_method=greedy_soup")
     _, run = _latest(uri)
     best_member_val = max(run.data.metrics[f"member/{i}/val/acc"] for i in range(2))
     assert run.data.metrics["val/acc"] >= best_member_val
@@ -140,7 +138,7 @@ def test_greedy_soup_beats_no_member_on_val_and_saves_weights_training_can_load(
 def test_members_without_a_shared_start_are_refused_and_the_run_fails(zoo):
     _, uri, source, members = zoo
     with pytest.raises(FusionError, match="trained from scratch"):
-        _fuse(zoo, "method=uniform_soup", ids=[source.info.run_id, members[0].info.run_id])
+        _fuse(zoo, "fusion_method=uniform_soup", ids=[source.info.run_id, members[0].info.run_id])
     _, run = _latest(uri)
     assert run.info.status == "FAILED" and "trained from scratch" in run.data.tags["error"]
 
@@ -161,27 +159,18 @@ def test_bad_pools_fail_clearly(zoo):
 
 
 def test_cli_prints_one_line_for_a_wrong_run_id(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run(
-        [sys.executable, "-m", "transfuse.fuse", *DATA, "pool.runs=[abc123]"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli("transfuse.fuse", [*DATA, "pool.runs=[abc123]"], tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1] == "transfuse-fuse: error: no MLflow run with id 'abc123' in sqlite:///mlflow.db"
     client = MlflowClient(f"sqlite:///{Path(tmp_path) / 'mlflow.db'}")
-    (failed,) = client.search_runs([client.get_experiment_by_name("transfuse").experiment_id])
-    assert failed.info.status == "FAILED"
+    assert client.get_experiment_by_name("transfuse") is None  # members are checked before the fusion run opens
 
 
 def test_distilled_student_is_one_model_that_training_can_load(zoo, tmp_path):
     _, uri, source, _ = zoo
     student = ["backbone=test_resnet", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
-    _, metrics = _fuse(zoo, "method=distill", f"method.student_init=runs:/{source.info.run_id}", *student)
+    _, metrics = _fuse(zoo, "fusion_method=distill", f"fusion_method.student_init=runs:/{source.info.run_id}", *student)
     client, run = _latest(uri)
     assert run.info.status == "FINISHED" and run.data.tags["source_run_id"] == source.info.run_id
     assert "train/distill_loss" in run.data.metrics and len(client.get_metric_history(run.info.run_id, "val/acc")) >= 2
@@ -193,3 +182,27 @@ def test_distilled_student_is_one_model_that_training_can_load(zoo, tmp_path):
         [*FAST, f"logger.tracking_uri={uri}", "stage=evaluate", f"init.weights=runs:/{run.info.run_id}"], tmp_path
     )
     assert train(cfg)["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "backbone: {_target_: os.makedirs, name: PWNED}\nhead: {_target_: transfuse.models.LinearHead}",
+        "backbone: {_target_: transfuse.models.TimmBackbone, name: resnet18}\n"
+        "head: {_target_: transfuse.models.LinearHead, dropout: {_target_: os.makedirs, name: PWNED}}",
+        "backbone: {_target_: torch.load, f: PWNED, weights_only: false}\nhead: {_target_: transfuse.models.LinearHead}",
+    ],
+)
+def test_a_member_config_naming_foreign_code_is_refused_before_anything_runs(tmp_path, tracking_uri, payload):
+    from transfuse.fusion.members import load_member
+
+    canary = tmp_path / "pwned"
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("attacker")
+    run = client.create_run(experiment)
+    config = payload.replace("PWNED", str(canary)) + "\ndata: {image_size: 32, channels: 3, mean: [0.5], std: [0.5]}\n"
+    client.log_text(run.info.run_id, config, "config.yaml")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    with pytest.raises(FusionError, match=r"is not a transfuse backbone or head"):
+        load_member(client, client.get_run(run.info.run_id), ["a", "b"])
+    assert not canary.exists()

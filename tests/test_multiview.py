@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from transfuse.data.multiview import NoisyMNIST, edges, make_views
 from transfuse.errors import ConfigError
-from transfuse.models.multiview import (
+from transfuse.models import (
     AttentionHead,
     BilinearHead,
     ConcatHead,
@@ -123,7 +123,7 @@ def test_a_multi_view_fit_is_tracked(make_config, fusion):
         "data=multiview",
         "data.source._target_=transfuse.data.UCIDigits",
         "backbone=test_resnet",
-        f"fusion={fusion}",
+        f"multi_input={fusion}",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=3",
         "trainer.enable_progress_bar=false",
@@ -132,7 +132,7 @@ def test_a_multi_view_fit_is_tracked(make_config, fusion):
     metrics = train(cfg)
     client = MlflowClient(cfg.logger.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["fusion"] == fusion
+    assert run.info.status == "FINISHED" and run.data.tags["multi_input"] == fusion
     assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"])
 
 
@@ -194,16 +194,16 @@ def test_feature_branches_start_from_single_view_runs(make_config):
         "data=multiview",
         "data.source._target_=transfuse.data.UCIDigits",
         "backbone=test_resnet",
-        "fusion=feature",
+        "multi_input=feature",
         f"backbone.branch_weights=[{spec},null]",
     )
     from transfuse import weights
-    from transfuse.train import build_model
+    from transfuse.models.build import build_model
 
     model = build_model(cfg, [str(d) for d in range(10)])
     fresh = {k: v.clone() for k, v in model.backbone.branches[1].state_dict().items()}
-    loaded = weights.load_branches(model, client, model.class_names)
-    assert list(loaded) == [0]
+    loaded = weights.initialise(model, weights.InitSpec(), client, model.class_names)
+    assert [item.target for item in loaded] == ["init.branch.0"]
     saved = weights.resolve(spec, client, model.backbone.branches[0]).state_dict
     for key, value in model.backbone.branches[0].model.state_dict().items():
         assert torch.equal(value, saved[f"backbone.model.{key}"]), key

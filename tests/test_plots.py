@@ -19,7 +19,7 @@ from transfuse.models.classifier import ImageClassifier
 from transfuse.models.summary import PredictionSummary, summarise_predictions
 from transfuse.plotting import DPI, save_png
 from transfuse.plotting import run as figures
-from transfuse.tracking import CURVE_KEYS, epoch_curves
+from transfuse.tracking.artifacts import CURVE_KEYS, epoch_curves
 from transfuse.train import train
 
 PLOTS = {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/reliability_diagram.png"}

@@ -9,7 +9,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import png_size
-from transfuse.report import fetch_runs, main, summarise
+from transfuse.errors import ReportError
+from transfuse.report import build_table, curve_axis, fetch_runs, summarise
+from transfuse.report.cli import main
 
 
 @pytest.fixture
@@ -55,13 +57,46 @@ def test_cli_writes_markdown_in_the_requested_order_with_the_best_in_bold(store,
 def test_filter_and_unknown_experiment(store, tracking_uri):
     runs = fetch_runs(store, ["study"], "tags.method = 'full'")
     assert len(runs) == 2
-    with pytest.raises(SystemExit, match="no experiment named 'nope'"):
+    with pytest.raises(SystemExit, match=r"^transfuse-report: error: no experiment named 'nope' .*\(experiments: "):
         main(["--experiment", "nope", "--tracking-uri", tracking_uri])
     base = ["--experiment", "study", "--tracking-uri", tracking_uri, "--metric", "test/acc"]
     with pytest.raises(SystemExit, match=r"^transfuse-report: error: .*quoted string"):  # MLflow's parser, one line
         main([*base, "--rows", "tags.method", "--filter", "tags.method IN ('full')"])
     with pytest.raises(SystemExit, match=r"^transfuse-report: error: 'method': a key starts with tags\."):
         main([*base, "--rows", "method"])
+
+
+def test_library_raises_report_error_not_system_exit(store, tracking_uri):
+    # SystemExit is no Exception: were it raised, it would escape pytest.raises(ReportError) and fail the test
+    with pytest.raises(ReportError) as caught:
+        fetch_runs(store, ["study", "nope"])
+    assert str(caught.value) == f"no experiment named 'nope' in {tracking_uri} (experiments: Default, study)"
+    runs = fetch_runs(store, ["study"])
+    with pytest.raises(ReportError, match=r"^no selected run has 'tags.pair' \(tags of the selected runs: tags\."):
+        summarise(runs, ["tags.method", "tags.pair"], "test/acc")
+    table = build_table({"test/acc": summarise(runs, ["tags.method"], "test/acc")}, ["tags.method"])
+    with pytest.raises(ReportError, match="--curve needs exactly one --columns key"):
+        curve_axis(table)
+
+
+def test_unknown_rows_or_columns_key_is_one_error_line_naming_it(store, tracking_uri, capsys):
+    base = ["--experiment", "study", "--tracking-uri", tracking_uri]
+    with pytest.raises(SystemExit) as caught:
+        main([*base, "--rows", "tags.methd"])
+    assert str(caught.value) == (  # the closest key first, then the others; MLflow's own tags are not offered
+        "transfuse-report: error: no selected run has 'tags.methd' (tags of the selected runs: tags.method, tags.seed)"
+    )
+    with pytest.raises(SystemExit) as caught:
+        main([*base, "--columns", "params.data.train_per_class"])
+    assert str(caught.value) == (
+        "transfuse-report: error: no selected run has 'params.data.train_per_class' (params of the selected runs: none)"
+    )
+    assert capsys.readouterr().out == ""  # no table with a column of None
+
+
+def test_a_key_only_some_runs_have_still_groups(sweeps):
+    groups = summarise(fetch_runs(sweeps, ["sweep_a"]), ["tags.sweep_id"], "test/acc")
+    assert {g.key: g.n for g in groups}[("None",)] == 1  # the run outside any sweep
 
 
 def test_numeric_keys_sort_as_numbers(tracking_uri):
@@ -112,7 +147,7 @@ def test_several_metrics_are_columns_with_their_own_best(store, tracking_uri, tm
 
 
 def test_large_values_print_as_grouped_integers():
-    from transfuse.report import _number
+    from transfuse.report.render import _number
 
     assert _number(11181642.0) == "11,181,642" and _number(0.98444) == "0.9844" and _number(999.5) == "999.5000"
 
@@ -277,6 +312,20 @@ def test_sweep_on_the_command_line_needs_no_experiment(sweeps, tracking_uri, tmp
     assert [line.split(",")[0] for line in out.read_text().splitlines()[1:]] == ["created", "other", "reused"]
     with pytest.raises(SystemExit, match="name an --experiment, or a --sweep"):
         main(["--tracking-uri", tracking_uri])
+
+
+def test_sweep_matching_no_run_says_so(sweeps, tracking_uri):
+    base = ["--tracking-uri", tracking_uri]
+    with pytest.raises(SystemExit) as caught:
+        main([*base, "--sweep", "multirun/1999-01-01/00-00-00"])
+    assert str(caught.value) == "transfuse-report: error: --sweep multirun/1999-01-01/00-00-00 matched no FINISHED run"
+    with pytest.raises(SystemExit) as caught:
+        main([*base, "--sweep", SWEEP, "--experiment", "sweep_a", "--filter", "tags.method = 'other'"])
+    assert str(caught.value) == (
+        f"transfuse-report: error: --sweep {SWEEP} matched no FINISHED run in 'sweep_a' with that --filter"
+    )
+    with pytest.raises(SystemExit, match=r"^transfuse-report: error: no FINISHED run with metric 'test/f1' matches$"):
+        main([*base, "--sweep", SWEEP, "--metric", "test/f1"])  # the sweep has runs, just not that metric
 
 
 def test_bar_and_curve_write_pngs_of_the_figure_size(grid, tmp_path):

@@ -66,7 +66,7 @@ def test_a_relaunched_sweep_skips_finished_jobs_and_reruns_failed_ones(make_conf
 
 WRITER = """
 import sys
-from transfuse.tracking import tracked_run
+from transfuse.tracking.run import tracked_run
 with tracked_run(sys.argv[1], "parallel", f"job-{sys.argv[2]}") as run:
     for step in range(100):
         run.client.log_metric(run.run_id, "loss", 1.0 / (step + 1), step=step)

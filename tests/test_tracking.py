@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from transfuse.tracking import tracked_run
+from transfuse.tracking.run import tracked_run
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:

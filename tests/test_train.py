@@ -107,13 +107,19 @@ def test_finetune_by_query_starts_from_saved_weights_and_links_lineage(pretraine
     assert run.info.run_id in finetune.data.tags["mlflow.note.content"]
 
 
-def test_unknown_run_id_fails_clearly_and_marks_run_failed(make_config):
+def test_unknown_run_id_fails_clearly_before_any_run(make_config):
+    # weights are resolved before the MLflow run opens: a wrong source leaves nothing in the store
     cfg = make_config(*FAST, "stage=finetune", "init.weights=runs:/0123456789abcdef")
     with pytest.raises(WeightsError, match="no MLflow run with id '0123456789abcdef'"):
         train(cfg)
-    _, runs = _runs(cfg)
-    assert [r.info.status for r in runs] == ["FAILED"]
-    assert "WeightsError" in runs[0].data.tags["error"]
+    client = MlflowClient(cfg.logger.tracking_uri)
+    assert client.get_experiment_by_name(cfg.logger.experiment_name) is None
+
+
+def test_runs_path_leaving_the_run_is_refused(make_config):
+    cfg = make_config(*FAST, "stage=finetune", "init.weights=runs:/0123456789abcdef/../../other/best.ckpt")
+    with pytest.raises(WeightsError, match="not runs:/<run id>/<artifact path inside that run>"):
+        train(cfg)
 
 
 def test_query_matching_nothing_fails_clearly(make_config):

@@ -105,7 +105,6 @@ def test_fresh_head_keeps_a_new_classifier_although_the_classes_match(model_fact
 
 
 def test_copy_blocks_takes_only_the_first_blocks_of_the_source(model_factory):
-    from transfuse.finetune import backbone_blocks
 
     source = model_factory("seed=1")
     target = model_factory()
@@ -113,7 +112,7 @@ def test_copy_blocks_takes_only_the_first_blocks_of_the_source(model_factory):
     checkpoint = weights.Checkpoint(source.state_dict(), "src", class_names=CLASSES)
     weights.load_into(target, checkpoint, CLASSES, fresh_head=True)
     reset = set(weights.reset_above(target, fresh, 2))
-    blocks = backbone_blocks(target)
+    blocks = target.backbone_blocks()
     own, theirs = target.state_dict(), source.state_dict()
     for names, _ in blocks[:2]:  # stem and first stage: the source's
         assert all(torch.equal(own[n], theirs[n]) for n in names) and not reset & set(names)

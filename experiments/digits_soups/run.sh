@@ -16,16 +16,16 @@ transfuse-train -m experiment=digits_soups/member source=b optimizer.lr=1e-4,3e-
 
 # 2. every fusion of the six shared-initialisation members
 transfuse-fuse -m experiment=digits_soups/fuse \
-  method=best_member,uniform_soup,greedy_soup,logit_mean,prob_mean,vote,weighted,stacking,feature_concat $COMMON
+  fusion_method=best_member,uniform_soup,greedy_soup,logit_mean,prob_mean,vote,weighted,stacking,feature_concat $COMMON
 # the distilled student: one ResNet-18 from source a trained on the logit ensemble's soft targets
-transfuse-fuse experiment=digits_soups/fuse method=distill \
-  "method.student_init=\"tags.role = 'source' and tags.source = 'a' and tags.study_run = '$STUDY_RUN'\"" $COMMON
+transfuse-fuse experiment=digits_soups/fuse fusion_method=distill \
+  "fusion_method.student_init=\"tags.role = 'source' and tags.source = 'a' and tags.study_run = '$STUDY_RUN'\"" $COMMON
 # the uniform soup of the four gentler fine-tunes only (lr 1e-4 and 3e-4)
-transfuse-fuse experiment=digits_soups/fuse method=uniform_soup tags.pool=a_low_lr $COMMON \
+transfuse-fuse experiment=digits_soups/fuse fusion_method=uniform_soup tags.pool=a_low_lr $COMMON \
   "pool.filter=\"tags.role = 'member' and tags.study_run = '$STUDY_RUN' and tags.source = 'a' and params.\`optimizer.lr\` != '0.001'\""
 # 3. members of two initialisations: the soup has to be forced (require_shared_init=false)
-transfuse-fuse -m experiment=digits_soups/fuse members_of=mixed method=best_member,logit_mean $COMMON
-transfuse-fuse experiment=digits_soups/fuse members_of=mixed method=uniform_soup method.require_shared_init=false \
+transfuse-fuse -m experiment=digits_soups/fuse members_of=mixed fusion_method=best_member,logit_mean $COMMON
+transfuse-fuse experiment=digits_soups/fuse members_of=mixed fusion_method=uniform_soup fusion_method.require_shared_init=false \
   $COMMON
 
 transfuse-report --experiment digits_soups --filter "tags.study_run = '$STUDY_RUN' and tags.role = 'fusion'" \

@@ -10,11 +10,11 @@ COMMON="$COMMON hydra/job_logging=none hydra/hydra_logging=none"
 
 transfuse-train -m experiment=noisy_mnist_fusion/base tags.method=view1_rotated "data.keep_views=[0]" $COMMON
 transfuse-train -m experiment=noisy_mnist_fusion/base tags.method=view2_noisy "data.keep_views=[1]" $COMMON
-transfuse-train -m experiment=noisy_mnist_fusion/base tags.method=early fusion=early $COMMON
+transfuse-train -m experiment=noisy_mnist_fusion/base tags.method=early multi_input=early $COMMON
 for head in concat sum gated attention bilinear; do
-  transfuse-train -m experiment=noisy_mnist_fusion/base tags.method=feature_$head fusion=feature head=$head $COMMON
+  transfuse-train -m experiment=noisy_mnist_fusion/base tags.method=feature_$head multi_input=feature head=$head $COMMON
 done
-transfuse-train -m experiment=noisy_mnist_fusion/base tags.method=late fusion=late $COMMON
+transfuse-train -m experiment=noisy_mnist_fusion/base tags.method=late multi_input=late $COMMON
 
 transfuse-report --experiment noisy_mnist_fusion --filter "tags.study_run = '$STUDY_RUN'" \
   --rows tags.method --metric test/acc,test/ece,time/fit_s --lower-is-better test/ece,time/fit_s \

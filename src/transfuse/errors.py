@@ -23,3 +23,7 @@ class WeightsError(TransfuseError):
 
 class FusionError(TransfuseError):
     """Fusion members cannot be found, loaded or combined (e.g. a soup of different architectures)."""
+
+
+class ReportError(TransfuseError):
+    """A report cannot be made from the selection (no such experiment, key or run); ``transfuse-report`` prints it."""

@@ -3,54 +3,50 @@
 A strategy is a Lightning callback that the model registers (``configure_callbacks``), so it can act at
 the start of fit (L2-SP snapshot, AdaBN) and per epoch (LP-FT's switch, gradual unfreezing). Every strategy
 shares three options: layer-wise learning-rate decay, a head learning-rate multiplier and the BatchNorm
-policy. Blocks come from timm's own grouping (``group_matcher``), so CNNs and ViTs are treated alike.
+policy. A strategy changes what trains only through the model's own methods (:class:`Finetunable`), so this
+module does not import the model: blocks come from the backbone (timm's grouping), freezing from the model.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from timm.models import group_modules, group_parameters
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from transfuse.errors import ConfigError
-
-if TYPE_CHECKING:
-    from transfuse.models.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
 
 BN_POLICIES = ("train", "freeze", "adabn")
 
 
-def backbone_blocks(model: ImageClassifier) -> list[tuple[list[str], list[str]]]:
-    """The backbone's blocks from input to output: (parameter names, module names) per timm group.
+class BlockNames(Protocol):
+    """One backbone block: its parameter names and module names (see ``transfuse.models.backbones.Block``)."""
 
-    Names are relative to the model (``backbone.model.layer1.0.conv1.weight``...). A multi-branch backbone
-    (``branches``, one timm model per view) contributes block ``i`` of every branch to block ``i``.
-    """
-    backbone = model.backbone
-    if hasattr(backbone, "branches"):
-        timm_models = [(f"backbone.branches.{j}.model.", b.model) for j, b in enumerate(backbone.branches)]
-    else:
-        timm_models = [("backbone.model.", backbone.model)]
-    merged: dict[int, tuple[list[str], list[str]]] = {}
-    for prefix, timm_model in timm_models:
-        matcher = timm_model.group_matcher(coarse=True)
-        params = group_parameters(timm_model, matcher)
-        modules = group_modules(timm_model, matcher)
-        for i in params:
-            names, module_names = merged.setdefault(i, ([], []))
-            names += [prefix + n for n in params[i]]
-            module_names += [prefix + n for n in modules.get(i, [])]
-    return [merged[i] for i in sorted(merged)]
+    params: list[str]
+    modules: list[str]
 
 
-def _batchnorms(module: nn.Module) -> list[nn.Module]:
+class Finetunable(Protocol):
+    """What a strategy needs of a model (:class:`~transfuse.models.ImageClassifier` provides it)."""
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def backbone_blocks(self) -> Sequence[BlockNames]: ...
+
+    def freeze(self, blocks: int, head: bool = False, batchnorm: bool = False) -> None: ...
+
+    def named_parameters(self) -> Any: ...
+
+
+def batchnorms(module: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer of ``module`` (the layers AdaBN and ``bn=freeze`` act on)."""
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
@@ -64,7 +60,7 @@ class Strategy(Callback):
         bn: ``train`` updates BatchNorm statistics as usual; ``freeze`` keeps the source statistics;
             ``adabn`` re-estimates them on the target training images (labels unused) before training and
             then keeps them.
-        cache_features: reuse the features of a frozen backbone across epochs (see ``ImageClassifier``).
+        cache_features: reuse the features of a frozen backbone across epochs (see ``Finetunable``).
     """
 
     def __init__(
@@ -75,11 +71,11 @@ class Strategy(Callback):
         cache_features: bool = False,
     ) -> None:
         if bn not in BN_POLICIES:
-            raise ValueError(f"bn must be one of {BN_POLICIES}, got {bn!r}")
+            raise ConfigError(f"finetune.bn must be one of {BN_POLICIES}, got {bn!r}")
         if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+            raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {layer_decay}")
         if head_lr_mult <= 0:
-            raise ValueError(f"head_lr_mult must be positive, got {head_lr_mult}")
+            raise ConfigError(f"finetune.head_lr_mult must be positive, got {head_lr_mult}")
         self.layer_decay, self.head_lr_mult, self.bn, self.cache_features = (
             layer_decay,
             head_lr_mult,
@@ -89,47 +85,29 @@ class Strategy(Callback):
         self._bn_adapted = False
 
     # --- freezing ---------------------------------------------------------------------------------------
-    def apply(self, model: ImageClassifier) -> None:
+    def apply(self, model: Finetunable) -> None:
         """Set the state training starts from (called once when the model is built)."""
-        self.set_frozen_blocks(model, 0, frozen_head=False)
+        self.freeze(model, 0)
 
-    def set_frozen_blocks(self, model: ImageClassifier, count: int, frozen_head: bool = False) -> None:
-        """Freeze the first ``count`` backbone blocks (weights and BatchNorm statistics), train the rest."""
-        blocks = backbone_blocks(model)
-        model.requires_grad_(True)
-        frozen: list[nn.Module] = []
-        named = dict(model.named_modules())
-        parameters = dict(model.named_parameters())
-        for names, modules in blocks[:count]:
-            for name in names:
-                parameters[name].requires_grad_(False)
-            frozen += [named[m] for m in modules]
-        if count >= len(blocks):
-            frozen.append(model.backbone)
-        if frozen_head:
-            model.head.requires_grad_(False)
-            frozen.append(model.head)
-        if self.bn in ("freeze", "adabn"):
-            frozen += _batchnorms(model.backbone)
-        model.frozen = tuple(frozen)
-        model.backbone_frozen = not any(p.requires_grad for p in model.backbone.parameters())
-        model.train(model.training)
+    def freeze(self, model: Finetunable, blocks: int, head: bool = False) -> None:
+        """Freeze the first ``blocks`` backbone blocks (and the head), with this strategy's BatchNorm policy."""
+        model.freeze(blocks, head=head, batchnorm=self.bn in ("freeze", "adabn"))
 
     # --- optimisation ---------------------------------------------------------------------------------
-    def lr_scales(self, model: ImageClassifier) -> dict[str, float]:
+    def lr_scales(self, model: Finetunable) -> dict[str, float]:
         """Learning-rate multiplier of every parameter name."""
-        blocks = backbone_blocks(model)
+        blocks = model.backbone_blocks()
         scales = {name: 1.0 for name, _ in model.named_parameters()}
         if self.layer_decay is not None:
             n = len(blocks)
-            for i, (names, _) in enumerate(blocks):
-                for name in names:
+            for i, block in enumerate(blocks):
+                for name in block.params:
                     scales[name] = self.layer_decay ** (n - i)
         for name, _ in model.head.named_parameters(prefix="head"):
             scales[name] = self.head_lr_mult
         return scales
 
-    def param_groups(self, model: ImageClassifier) -> list[dict[str, Any]]:
+    def param_groups(self, model: Finetunable) -> list[dict[str, Any]]:
         """Parameters grouped by learning-rate multiplier (``lr_scale``), frozen ones included.
 
         Frozen parameters get no gradient, so the optimiser skips them; keeping them in lets a later phase
@@ -141,7 +119,7 @@ class Strategy(Callback):
             groups.setdefault(scales[name], []).append(parameter)
         return [{"params": params, "lr_scale": scale} for scale, params in sorted(groups.items())]
 
-    def penalty(self, model: ImageClassifier) -> Tensor | None:
+    def penalty(self, model: Finetunable) -> Tensor | None:
         """Extra loss term (None for most strategies)."""
         return None
 
@@ -168,8 +146,8 @@ class LinearProbe(Strategy):
     def __init__(self, cache_features: bool = True, **kwargs: Any) -> None:
         super().__init__(cache_features=cache_features, **kwargs)
 
-    def apply(self, model: ImageClassifier) -> None:
-        self.set_frozen_blocks(model, len(backbone_blocks(model)))
+    def apply(self, model: Finetunable) -> None:
+        self.freeze(model, len(model.backbone_blocks()))
 
 
 class LPFT(Strategy):
@@ -182,16 +160,16 @@ class LPFT(Strategy):
     def __init__(self, probe_epochs: int = 5, cache_features: bool = True, **kwargs: Any) -> None:
         super().__init__(cache_features=cache_features, **kwargs)
         if probe_epochs < 1:
-            raise ValueError(f"probe_epochs must be >= 1, got {probe_epochs}")
+            raise ConfigError(f"finetune.probe_epochs must be >= 1, got {probe_epochs}")
         self.probe_epochs = probe_epochs
 
-    def apply(self, model: ImageClassifier) -> None:
-        self.set_frozen_blocks(model, len(backbone_blocks(model)))
+    def apply(self, model: Finetunable) -> None:
+        self.freeze(model, len(model.backbone_blocks()))
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch == self.probe_epochs:
             log.info("LP-FT: epoch %d, the backbone is unfrozen", trainer.current_epoch)
-            self.set_frozen_blocks(pl_module, 0)
+            self.freeze(pl_module, 0)
 
 
 class Partial(Strategy):
@@ -200,14 +178,15 @@ class Partial(Strategy):
     def __init__(self, freeze_blocks: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if freeze_blocks < 0:
-            raise ValueError(f"freeze_blocks must be >= 0, got {freeze_blocks}")
+            raise ConfigError(f"finetune.freeze_blocks must be >= 0, got {freeze_blocks}")
         self.freeze_blocks = freeze_blocks
 
-    def apply(self, model: ImageClassifier) -> None:
-        blocks = len(backbone_blocks(model))
+    def apply(self, model: Finetunable) -> None:
+        blocks = len(model.backbone_blocks())
         if self.freeze_blocks > blocks:
-            raise ValueError(f"freeze_blocks={self.freeze_blocks} but {model.backbone.name} has {blocks} blocks")
-        self.set_frozen_blocks(model, self.freeze_blocks)
+            name = model.backbone.name
+            raise ConfigError(f"finetune.freeze_blocks={self.freeze_blocks}, but backbone {name} has {blocks} blocks")
+        self.freeze(model, self.freeze_blocks)
 
 
 class Gradual(Strategy):
@@ -216,22 +195,22 @@ class Gradual(Strategy):
     def __init__(self, unfreeze_every: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if unfreeze_every < 1:
-            raise ValueError(f"unfreeze_every must be >= 1, got {unfreeze_every}")
+            raise ConfigError(f"finetune.unfreeze_every must be >= 1, got {unfreeze_every}")
         self.unfreeze_every = unfreeze_every
 
     def frozen_at(self, epoch: int, blocks: int) -> int:
         """Blocks still frozen at ``epoch`` (all of them at epoch 0)."""
         return max(blocks - epoch // self.unfreeze_every, 0)
 
-    def apply(self, model: ImageClassifier) -> None:
-        self.set_frozen_blocks(model, len(backbone_blocks(model)))
+    def apply(self, model: Finetunable) -> None:
+        self.freeze(model, len(model.backbone_blocks()))
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        blocks = len(backbone_blocks(pl_module))
+        blocks = len(pl_module.backbone_blocks())
         frozen = self.frozen_at(trainer.current_epoch, blocks)
         if frozen != self.frozen_at(trainer.current_epoch - 1, blocks) or trainer.current_epoch == 0:
             log.info("gradual: epoch %d, %d of %d blocks frozen", trainer.current_epoch, frozen, blocks)
-            self.set_frozen_blocks(pl_module, frozen)
+            self.freeze(pl_module, frozen)
 
 
 class L2SP(Strategy):
@@ -245,11 +224,11 @@ class L2SP(Strategy):
     def __init__(self, alpha: float = 0.01, beta: float = 0.01, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if alpha < 0 or beta < 0:
-            raise ValueError(f"alpha and beta must be >= 0, got {alpha} and {beta}")
+            raise ConfigError(f"finetune.alpha and finetune.beta must be >= 0, got {alpha} and {beta}")
         self.alpha, self.beta = alpha, beta
         self.source: dict[str, Tensor] = {}
 
-    def snapshot(self, model: ImageClassifier) -> None:
+    def snapshot(self, model: Finetunable) -> None:
         """Remember the current backbone weights as the point the penalty pulls toward."""
         self.source = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
 
@@ -257,7 +236,7 @@ class L2SP(Strategy):
         super().on_fit_start(trainer, pl_module)
         self.snapshot(pl_module)
 
-    def penalty(self, model: ImageClassifier) -> Tensor:
+    def penalty(self, model: Finetunable) -> Tensor:
         if not self.source:
             self.snapshot(model)
         pull = sum(((p - self.source[n].to(p.device)) ** 2).sum() for n, p in model.backbone.named_parameters())
@@ -273,7 +252,7 @@ def adapt_batchnorm(model: LightningModule, trainer: Trainer, max_batches: int |
     labels are never read and no weight changes. Returns the number of images seen.
     """
     datamodule = trainer.datamodule
-    norms = _batchnorms(model.backbone)
+    norms = batchnorms(model.backbone)
     if not norms or datamodule is None:
         return 0
     loader = datamodule.train_dataloader()

@@ -17,13 +17,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
 from transfuse.errors import TransfuseError
-from transfuse.tracking import open_store
+from transfuse.tracking.query import HASH_TAG, SWEEPS_TAG, finished_runs
+from transfuse.tracking.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,7 @@ NOT_HASHED = (
     "trainer.default_root_dir",
     "callbacks.model_checkpoint.dirpath",
 )
-#: tag holding the hash, and tag listing (space-separated) every sweep that ran or reused a run
-HASH_TAG, SWEEPS_TAG = "config_hash", "sweeps"
+__all__ = ["HASH_TAG", "SWEEPS_TAG", "config_hash", "run_job", "run_or_reuse"]
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -76,12 +77,7 @@ def finished_twin(client: MlflowClient, experiment_name: str, digest: str) -> Ru
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None or experiment.lifecycle_stage != "active":
         return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        f"tags.{HASH_TAG} = '{digest}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    runs = finished_runs(client, [experiment.experiment_id], f"tags.{HASH_TAG} = '{digest}'", max_results=1)
     return runs[0] if runs else None
 
 
@@ -123,16 +119,34 @@ def run_or_reuse(
     return task(cfg)
 
 
+def input_error(err: BaseException) -> TransfuseError | None:
+    """The :class:`TransfuseError` behind ``err``: itself, or the cause Hydra's ``instantiate`` wrapped in an
+    ``InstantiationException`` (a constructor refusing a config value), else None (a bug: keep the traceback)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TransfuseError):
+            return current
+        if not isinstance(current, InstantiationException):
+            return None
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, float]], return_metric: str, prog: str) -> float:
     """What every entry point does with one Hydra job: run or reuse it and return ``return_metric`` for
-    sweepers (NaN when the run has none). A TransfuseError ends a single run with one line naming ``prog``;
+    sweepers (NaN when the run has none). An input error ends a single run with one line naming ``prog``;
     in a multirun it is raised so that Hydra stops the sweep and says which job failed."""
     try:
         metrics = run_or_reuse(cfg, task)
-    except TransfuseError as err:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    except Exception as err:
+        cause = input_error(err)
+        if cause is None:
             raise
-        sys.exit(f"{prog}: error: {err}")
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise cause from None
+        sys.exit(f"{prog}: error: {cause}")
     value = metrics.get(return_metric, math.nan)
     log.info("%s = %.4f", return_metric, value)
     return value

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from transfuse.adapt.data import DOMAINS
-from transfuse.models.classifier import ImageClassifier, classification_metrics
+from transfuse.models.classifier import ImageClassifier, TrainOutputs, classification_metrics
 
 AlignmentFactory = Callable[[int], nn.Module]
 
@@ -18,7 +18,8 @@ class AdaptClassifier(ImageClassifier):
     """An :class:`ImageClassifier` trained on labelled source and unlabelled target batches.
 
     Metrics: ``val/*`` and ``test_source/*`` on the source, ``val_target/*`` and ``test/*`` on the target (so
-    ``test/acc`` is the adapted accuracy), ``train/align_loss`` and ``val/proxy_a_distance`` (how well a linear
+    ``test/acc`` is the adapted accuracy), ``train/class_loss``, ``train/align_loss`` and ``val/proxy_a_distance``
+    (how well a linear
     classifier tells the domains apart in feature space: 0 indistinguishable, 2 fully separable).
 
     Args:
@@ -46,24 +47,14 @@ class AdaptClassifier(ImageClassifier):
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
         return min(self.global_step / total, 1.0) if total else 0.0
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def train_outputs(self, batch: dict[str, Any]) -> TrainOutputs:
+        """Source and target images through the backbone together; cross-entropy on the source only, and the
+        alignment of the two feature sets as the ``align_loss`` term."""
         images, labels = batch["source"]
-        target_images = batch["target"]
-        features = self.backbone(torch.cat([images, target_images]))
+        features = self.backbone(torch.cat([images, batch["target"]]))
         source_features, target_features = features[: len(images)], features[len(images) :]
-        logits = self.head(source_features)
-        classification = self.criterion(logits, labels)
         align = self.alignment(source_features, target_features, self.progress())
-        loss = classification + align
-        penalty = self.finetune.penalty(self)
-        if penalty is not None:
-            loss = loss + penalty
-        self.train_metrics.update(logits.detach(), labels)
-        n = len(labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/class_loss", classification, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/align_loss", align, on_step=True, on_epoch=True, batch_size=n)
-        return loss
+        return TrainOutputs(self.head(source_features), labels, {"align_loss": align})
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], split: str, dataloader_idx: int) -> None:
         images, labels = batch
@@ -75,7 +66,8 @@ class AdaptClassifier(ImageClassifier):
         if metrics is self.test_metrics:  # the target test split feeds the run's figures
             self.test_predictions.update(logits, labels)
         name = {"val_source": "val", "test_target": "test"}.get(f"{split}_{domain}", f"{split}_{domain}")
-        self.log(f"{name}/loss", self.criterion(logits, labels), batch_size=len(labels), add_dataloader_idx=False)
+        loss = self.criterion(logits, labels)
+        self.log(self.logged_name(f"{name}/loss"), loss, batch_size=len(labels), add_dataloader_idx=False)
         if split == "val":
             self._features[domain].append(features.detach().cpu())
 

@@ -2,7 +2,7 @@
 
 ``MultiView`` derives views from any single-view preset (a photo and its edge map, its inverse, a flip);
 ``NoisyMNIST`` is the two-view benchmark of multi-view learning (Wang et al. 2015). Batches keep the view
-axis through the device-side transform, and multi-input models (:mod:`transfuse.models.multiview`) read it.
+axis through the device-side transform, and multi-input models (:mod:`transfuse.models.backbones`) read it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Fusing trained runs: decision-level ensembles, weight-space soups, and the members they are made of."""
+"""Fusing trained runs. Three roles kept apart (as in FusionBench): what is fused (:mod:`.members`, :mod:`.pool`),
+how (:mod:`.methods` over the pure functions of :mod:`.combine` and :mod:`.soups`, :mod:`.students` for the
+methods that train), and how the result is scored (:mod:`.evaluate`)."""
 
 from transfuse.fusion.combine import Stacker, fit_weights, logit_mean, prob_mean, vote, weighted
 from transfuse.fusion.members import Classifier, Member, find_members, load_member

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transfuse.models.classifier import ImageClassifier
+from transfuse.errors import ConfigError
+from transfuse.models.classifier import ImageClassifier, TrainOutputs
 
 
 def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -39,9 +40,10 @@ class DistillClassifier(ImageClassifier):
     ) -> None:
         super().__init__(**kwargs)
         if temperature <= 0 or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature} and {alpha}")
+            raise ConfigError(f"distillation needs temperature > 0 and 0 <= alpha <= 1, got {temperature} and {alpha}")
         self._teacher = (teacher,)  # a tuple hides it from nn.Module registration
         self.temperature, self.alpha = temperature, alpha
+        self.loss_weights = {"distill_loss": alpha, "class_loss": 1.0 - alpha}
 
     @property
     def raw_inputs(self) -> bool:
@@ -52,17 +54,11 @@ class DistillClassifier(ImageClassifier):
             images = self.input_transform(images, train=False)
         return self.head(self.backbone(images))
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def train_outputs(self, batch: tuple[Tensor, Tensor]) -> TrainOutputs:
+        """The student sees its own augmented view, the teacher the clean raw images; the distillation term
+        weighs ``alpha`` and cross-entropy ``1 - alpha`` (set in ``loss_weights``)."""
         raw, labels = batch
         logits = self.head(self.backbone(self.input_transform(raw, train=True)))
         with torch.no_grad():
             teacher = self._teacher[0](raw).to(logits.device)
-        kd = distillation_loss(logits, teacher, self.temperature)
-        ce = self.criterion(logits, labels)
-        loss = self.alpha * kd + (1.0 - self.alpha) * ce
-        self.train_metrics.update(logits.detach(), labels)
-        n = len(labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/distill_loss", kd, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/class_loss", ce, on_step=False, on_epoch=True, batch_size=n)
-        return loss
+        return TrainOutputs(logits, labels, {"distill_loss": distillation_loss(logits, teacher, self.temperature)})

@@ -16,12 +16,13 @@ from hydra.utils import instantiate
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
-from transfuse import weights
 from transfuse.data.transforms import BatchTransform
 from transfuse.errors import FusionError
+from transfuse.tracking.query import SOURCE_TAG, experiment_ids, finished_runs
+from transfuse.weights import InitSpec, initialise
 
 
 class Classifier(nn.Module):
@@ -77,18 +78,6 @@ class Member:
         return torch.cat(out)
 
 
-def _experiment_ids(client: MlflowClient, names: Sequence[str]) -> list[str]:
-    if not names:
-        return [e.experiment_id for e in client.search_experiments()]
-    ids = []
-    for name in names:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise FusionError(f"no MLflow experiment named {name!r} in {client.tracking_uri}")
-        ids.append(experiment.experiment_id)
-    return ids
-
-
 def find_members(
     client: MlflowClient, run_ids: Sequence[str] = (), query: str | None = None, experiments: Sequence[str] = ()
 ) -> list[Run]:
@@ -98,15 +87,9 @@ def find_members(
     if bool(run_ids) == bool(query):
         raise FusionError('give the members as pool.runs=[<run id>,...] or pool.filter="<MLflow filter>", not both')
     if query:
-        try:
-            runs = client.search_runs(
-                _experiment_ids(client, experiments),
-                f"{query} and attributes.status = 'FINISHED'",
-                order_by=["attributes.start_time ASC"],
-                max_results=1000,
-            )
-        except MlflowException as err:
-            raise FusionError(f"invalid pool.filter {query!r}: {err.message}") from None
+        ids = experiment_ids(client, experiments, error=FusionError)
+        order = ["attributes.start_time ASC"]
+        runs = finished_runs(client, ids, query, order, max_results=1000, error=FusionError, what="pool.filter")
         if not runs:
             raise FusionError(f"no FINISHED run matches pool.filter {query!r} in {client.tracking_uri}")
         return runs
@@ -136,22 +119,65 @@ def _run_config(client: MlflowClient, run: Run) -> DictConfig:
         return OmegaConf.load(Path(path))
 
 
+#: where transfuse's backbones and heads lived before; member runs logged then still name these paths
+LEGACY_MODULES = ("transfuse.models.multiview.", "transfuse.models.backbone.", "transfuse.models.heads.")
+
+
+def _allowed_targets() -> dict[str, str]:
+    """``_target_`` values a member's backbone and head may name -> the class path to build: transfuse's own
+    backbones and heads only, under their public, module and legacy paths."""
+    from transfuse.models import EarlyFusion, TimmBackbone, ViewBranches, heads
+
+    classes = [TimmBackbone, EarlyFusion, ViewBranches]
+    classes += [
+        c for c in vars(heads).values() if isinstance(c, type) and issubclass(c, heads.Head) and c is not heads.Head
+    ]
+    allowed = {}
+    for c in classes:
+        public = f"transfuse.models.{c.__name__}"
+        for prefix in (f"{c.__module__}.", "transfuse.models.", *LEGACY_MODULES):
+            allowed[prefix + c.__name__] = public
+    return allowed
+
+
+def check_targets(node: object, run: Run, where: str) -> None:
+    """Refuse a config read back from a store unless every ``_target_`` in it is one of transfuse's backbones or
+    heads: a store is shared, and ``instantiate`` would otherwise call whatever it names (``torch.load``...)."""
+    allowed = _allowed_targets()
+    stack: list[tuple[str, object]] = [(where, node)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict | DictConfig):
+            for key, child in value.items():
+                if key == "_target_" and child not in allowed:
+                    raise FusionError(
+                        f"run {run.info.run_id} ({run.info.run_name}): {path}._target_={child!r} is not a transfuse "
+                        "backbone or head; configs read from a store are only built from transfuse's own classes"
+                    )
+                if key == "_target_":
+                    value[key] = allowed[child]  # a legacy path becomes today's
+                stack.append((f"{path}.{key}", child))
+        elif isinstance(value, list | ListConfig):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(value))
+
+
 def load_member(client: MlflowClient, run: Run, class_names: list[str]) -> Member:
     """Rebuild a run's backbone and head from its logged config and load its best checkpoint.
 
-    Only ``backbone.*`` and ``head.*`` tensors are kept (an adaptation run's discriminator is not part of the
-    classifier). A member trained on other classes than the fusion's data is refused.
+    Only ``backbone.*`` and ``head.*`` tensors are used (an adaptation run's discriminator is not part of the
+    classifier), and the branches of a multi-view member are not re-initialised from their own sources. A
+    member trained on other classes than the fusion's data is refused.
     """
     config = _run_config(client, run)
     if "backbone" not in config or "head" not in config or "data" not in config:
         raise FusionError(f"run {run.info.run_id} ({run.info.run_name}) is not a classifier training run")
+    check_targets(config.backbone, run, "backbone")
+    check_targets(config.head, run, "head")
     backbone = instantiate(config.backbone)
     head = instantiate(config.head, in_features=backbone.num_features, num_classes=len(class_names))
     net = Classifier(backbone, head)
-    checkpoint = weights.resolve(f"runs:/{run.info.run_id}", client, backbone)
-    kept = {k: v for k, v in checkpoint.state_dict.items() if k.startswith(("backbone.", "head."))}
-    checkpoint = weights.Checkpoint(kept, checkpoint.source, checkpoint.class_names, checkpoint.run_id)
-    weights.load_into(net, checkpoint, class_names, on_head_mismatch="error")
+    spec = InitSpec(weights=f"runs:/{run.info.run_id}")
+    initialise(net, spec, client, class_names, on_head_mismatch="error", branches=False)
     data = config.data
     transform = BatchTransform(data.image_size, data.channels, list(data.mean), list(data.std))
-    return Member(run, config, net.eval(), transform, run.data.tags.get("init.source", ""))
+    return Member(run, config, net.eval(), transform, run.data.tags.get(SOURCE_TAG, ""))

@@ -1,8 +1,10 @@
-"""The ``method=`` options of ``transfuse-fuse``: each turns members and held-out data into one fused model.
+"""The ``fusion_method=`` options of ``transfuse-fuse``: each turns a pool of members into one fused model.
 
-A method gets a :class:`Pool` (the loaded members, their logits on the validation and test splits, the raw
-images and labels) and returns a :class:`Fused`: its logits per split, a ``predict`` function from raw images
-(used to time it), its parameter count, any fusion weights, and for soups the weights to save.
+A method's ``fuse(pool, students)`` gets a :class:`~transfuse.fusion.pool.Pool` (members, data, the members'
+logits) and, for the methods that train a model, :class:`~transfuse.fusion.students.Students`; it returns a
+:class:`Fused`: its logits per split, a ``predict`` function from raw images (used to time it), its parameter
+count, any fusion weights, and for soups and students the weights to save. Scoring is
+:mod:`transfuse.fusion.evaluate`'s job.
 """
 
 from __future__ import annotations
@@ -10,37 +12,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
+from transfuse.errors import ConfigError, FusionError
 from transfuse.fusion import combine
 from transfuse.fusion.members import Member
+from transfuse.fusion.pool import Pool
 from transfuse.fusion.soups import average_state_dicts, check_soup_members, greedy_soup
-
-
-@dataclass
-class Pool:
-    """Members and what every method needs of the data; ``logits[split]`` is ``[M, N, C]``.
-
-    Methods that train (``feature_concat``, ``distill``) also get the training split, a factory of the
-    student model the config describes, and ``fit``, which trains a LightningModule on the datamodule into
-    the fusion's MLflow run and returns it with its best validation weights.
-    """
-
-    members: list[Member]
-    images: dict[str, Tensor]
-    labels: dict[str, Tensor]
-    logits: dict[str, Tensor]
-    build_student: Callable[..., L.LightningModule] | None = None
-    fit: Callable[[L.LightningModule], L.LightningModule] | None = None
-
-    def accuracy(self, logits: Tensor, split: str) -> float:
-        return float((logits.argmax(-1) == self.labels[split]).float().mean())
-
-    def member_accuracy(self, split: str) -> list[float]:
-        return [self.accuracy(member_logits, split) for member_logits in self.logits[split]]
+from transfuse.fusion.students import Students
 
 
 @dataclass
@@ -55,14 +37,26 @@ class Fused:
     state_dict: dict[str, Tensor] | None = None
 
 
+class FusionMethod:
+    """Base of every method: ``fuse(pool, students)`` returns a :class:`Fused`.
+
+    ``trains_student`` tells the entry point to check, before any run opens, that the config's student builds.
+    """
+
+    trains_student: ClassVar[bool] = False
+
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
+        raise NotImplementedError
+
+
 def _params(members: list[Member], used: list[int]) -> int:
     return sum(p.numel() for i in used for p in members[i].net.parameters())
 
 
-class BestMember:
+class BestMember(FusionMethod):
     """No fusion: the single member with the best validation accuracy (the baseline every fusion must beat)."""
 
-    def fuse(self, pool: Pool) -> Fused:
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         accuracy = pool.member_accuracy("val")
         best = max(range(len(pool.members)), key=lambda i: accuracy[i])
         member = pool.members[best]
@@ -71,12 +65,12 @@ class BestMember:
         return Fused(logits, member.predict, _params(pool.members, [best]), [best], weights)
 
 
-class DecisionRule:
+class DecisionRule(FusionMethod):
     """Combine every member's logits with a fixed rule (``logit_mean``, ``prob_mean``, ``vote``)."""
 
     rule: Callable[[Tensor], Tensor] = staticmethod(combine.logit_mean)
 
-    def fuse(self, pool: Pool) -> Fused:
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         members, used = pool.members, list(range(len(pool.members)))
         return Fused(
             {split: self.rule(logits) for split, logits in pool.logits.items()},
@@ -98,13 +92,13 @@ class Vote(DecisionRule):
     rule = staticmethod(combine.vote)
 
 
-class Weighted:
+class Weighted(FusionMethod):
     """Weighted probability average, the weights fitted on the validation split (negative log-likelihood)."""
 
     def __init__(self, steps: int = 300, lr: float = 0.1) -> None:
         self.steps, self.lr = steps, lr
 
-    def fuse(self, pool: Pool) -> Fused:
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         w = combine.fit_weights(pool.logits["val"], pool.labels["val"], self.steps, self.lr)
         members, used = pool.members, list(range(len(pool.members)))
         return Fused(
@@ -116,13 +110,13 @@ class Weighted:
         )
 
 
-class Stacking:
+class Stacking(FusionMethod):
     """A logistic-regression meta-learner on the members' validation log-probabilities."""
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
         self.C, self.max_iter = C, max_iter
 
-    def fuse(self, pool: Pool) -> Fused:
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         stacker = combine.Stacker(self.C, self.max_iter).fit(pool.logits["val"], pool.labels["val"])
         members, used = pool.members, list(range(len(pool.members)))
         coef = torch.as_tensor(stacker.model.coef_).abs()  # [C, M * C]: how much each member is listened to
@@ -136,7 +130,7 @@ class Stacking:
         )
 
 
-class _Soup:
+class _Soup(FusionMethod):
     def __init__(self, require_shared_init: bool = True) -> None:
         self.require_shared_init = require_shared_init
 
@@ -156,7 +150,7 @@ class _Soup:
 class UniformSoup(_Soup):
     """The element-wise mean of every member's weights."""
 
-    def fuse(self, pool: Pool) -> Fused:
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         check_soup_members(pool.members, self.require_shared_init)
         used = list(range(len(pool.members)))
         return self._fused(pool, average_state_dicts([m.net.state_dict() for m in pool.members]), used)
@@ -165,7 +159,7 @@ class UniformSoup(_Soup):
 class GreedySoup(_Soup):
     """Members by validation accuracy, each kept only if the soup's validation accuracy improves."""
 
-    def fuse(self, pool: Pool) -> Fused:
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         check_soup_members(pool.members, self.require_shared_init)
 
         def evaluate(state: dict[str, Tensor]) -> float:
@@ -176,7 +170,7 @@ class GreedySoup(_Soup):
         return self._fused(pool, state, used)
 
 
-class FeatureConcat:
+class FeatureConcat(FusionMethod):
     """Feature-level fusion of trained runs: the members' frozen backbones, their pooled features
     concatenated, and a new linear head trained on the labelled training split (features computed once).
 
@@ -194,7 +188,7 @@ class FeatureConcat:
     def features(members: list[Member], raw: Tensor) -> Tensor:
         return torch.cat([m.features(raw) for m in members], dim=1)
 
-    def fuse(self, pool: Pool) -> Fused:
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         members = pool.members
         feats = {split: self.features(members, images) for split, images in pool.images.items()}
         head = nn.Linear(feats["train"].shape[1], pool.logits["val"].shape[-1])
@@ -218,7 +212,7 @@ class FeatureConcat:
         return Fused(logits, lambda raw: head(self.features(members, raw)), params, used)
 
 
-class Distill:
+class Distill(FusionMethod):
     """Knowledge distillation: one student trained on the fused teacher's soft targets (and the labels).
 
     Args:
@@ -229,26 +223,25 @@ class Distill:
     """
 
     RULES = {"logit_mean": combine.logit_mean, "prob_mean": combine.prob_mean}
+    trains_student = True
 
     def __init__(
         self, teacher: str = "logit_mean", temperature: float = 4.0, alpha: float = 0.9, student_init: str = "none"
     ) -> None:
         if teacher not in self.RULES:
-            raise ValueError(f"teacher must be one of {sorted(self.RULES)}, got {teacher!r}")
+            raise ConfigError(f"fusion_method.teacher must be one of {sorted(self.RULES)}, got {teacher!r}")
         self.rule, self.temperature, self.alpha, self.student_init = teacher, temperature, alpha, student_init
 
-    def fuse(self, pool: Pool) -> Fused:
-        if pool.build_student is None or pool.fit is None:
-            raise ValueError("distillation needs a student factory and a fit function")
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
+        if students is None:
+            raise FusionError("distillation trains a student: call fuse(pool, students)")
         members, rule = pool.members, self.RULES[self.rule]
 
         def teacher(raw: Tensor) -> Tensor:
             return rule(torch.stack([m.predict(raw) for m in members]))
 
-        student = pool.build_student(
-            teacher=teacher, temperature=self.temperature, alpha=self.alpha, init=self.student_init
-        )
-        student = pool.fit(student).eval()
+        student = students.build(self.student_init, teacher=teacher, temperature=self.temperature, alpha=self.alpha)
+        student = students.fit(student).eval()
 
         @torch.no_grad()
         def predict(raw: Tensor) -> Tensor:

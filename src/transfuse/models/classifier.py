@@ -1,9 +1,18 @@
-"""The LightningModule of every classification stage: backbone -> head, cross-entropy, per-split metrics."""
+"""The LightningModule of every classification stage: backbone -> head, cross-entropy, per-split metrics.
+
+:class:`ImageClassifier` is the one template: it owns the training step, and a variant (domain adaptation,
+distillation) only says how a training batch becomes logits, labels and extra loss terms
+(:meth:`ImageClassifier.train_outputs`). So the fine-tuning strategy's penalty and the logging of every
+term apply to every variant alike. What trains is changed through :meth:`ImageClassifier.freeze`, which a
+strategy calls; the model never reads a strategy's internals beyond its public methods.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -14,7 +23,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassF1Score
 
 from transfuse.data.transforms import BatchTransform
-from transfuse.finetune import Full, Strategy
+from transfuse.finetune import Full, Strategy, batchnorms
+from transfuse.models.backbones import Block
 from transfuse.models.feature_cache import FeatureCache
 from transfuse.models.summary import PredictionSummary, PredictionSummaryMetric
 
@@ -22,6 +32,18 @@ log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+@dataclass
+class TrainOutputs:
+    """What one training batch gave: logits and labels for cross-entropy and metrics, plus extra loss terms.
+
+    ``terms`` are unweighted (each is logged as ``train/<name>``); the model's ``loss_weights`` weigh them.
+    """
+
+    logits: Tensor
+    labels: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
 
 
 def classification_metrics(num_classes: int, ece_bins: int = 15) -> MetricCollection:
@@ -74,15 +96,47 @@ class ImageClassifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         #: confusion matrix and reliability bins of the current test pass, for the run's figures
         self.test_predictions = PredictionSummaryMetric(len(self.class_names), ece_bins)
-        #: submodules kept in eval mode while training (frozen BatchNorm statistics); set by the strategy.
+        #: submodules kept in eval mode while training (frozen blocks, frozen BatchNorm statistics); see freeze()
         self.frozen: tuple[nn.Module, ...] = ()
-        #: whether no backbone parameter trains right now; set by the strategy.
+        #: whether no backbone parameter trains right now; see freeze()
         self.backbone_frozen = False
+        #: weight of each loss term (``class_loss`` and those of :meth:`train_outputs`); missing ones weigh 1
+        self.loss_weights: dict[str, float] = {}
+        #: first key segment -> logged name while a test pass is logged under another name (``test_last``)
+        self._split_names: dict[str, str] = {}
         self.feature_cache = FeatureCache()
         #: the datamodule's batch transform, taken in ``setup`` so the cache can prepare only the images it misses
         self.input_transform: BatchTransform | None = None
         self.finetune = finetune or Full()
         self.finetune.apply(self)
+
+    # --- what trains ----------------------------------------------------------------------------------------
+    def backbone_blocks(self) -> list[Block]:
+        """The backbone's blocks from input to output, parameter and module names relative to this model."""
+        return self.backbone.blocks("backbone.")
+
+    def freeze(self, blocks: int, head: bool = False, batchnorm: bool = False) -> None:
+        """Train everything except the first ``blocks`` backbone blocks (weights and statistics alike),
+        the head when ``head``, and every backbone BatchNorm's statistics when ``batchnorm``."""
+        all_blocks = self.backbone_blocks()
+        self.requires_grad_(True)
+        named = dict(self.named_modules())
+        parameters = dict(self.named_parameters())
+        frozen: list[nn.Module] = []
+        for block in all_blocks[:blocks]:
+            for name in block.params:
+                parameters[name].requires_grad_(False)
+            frozen += [named[m] for m in block.modules]
+        if blocks >= len(all_blocks):
+            frozen.append(self.backbone)
+        if head:
+            self.head.requires_grad_(False)
+            frozen.append(self.head)
+        if batchnorm:
+            frozen += batchnorms(self.backbone)
+        self.frozen = tuple(frozen)
+        self.backbone_frozen = not any(p.requires_grad for p in self.backbone.parameters())
+        self.train(self.training)
 
     @property
     def caching(self) -> bool:
@@ -138,20 +192,48 @@ class ImageClassifier(L.LightningModule):
         # Lightning keeps whatever train/eval modes it finds, so apply the frozen modules' eval mode here.
         self.train()
 
-    def _step(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection, split: str) -> Tensor:
+    def train_outputs(self, batch: Any) -> TrainOutputs:
+        """The hook a variant overrides: a training batch -> logits, labels and extra (unweighted) loss terms."""
+        images, labels = batch
+        return TrainOutputs(self(images), labels)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        out = self.train_outputs(batch)
+        n = len(out.labels)
+        terms = {"class_loss": self.criterion(out.logits, out.labels), **out.terms}
+        penalty = self.finetune.penalty(self)
+        if penalty is not None:
+            terms["penalty"] = penalty
+        loss = sum(self.loss_weights.get(name, 1.0) * term for name, term in terms.items())
+        self.train_metrics.update(out.logits.detach(), out.labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        if len(terms) > 1:  # with cross-entropy alone, train/class_loss would repeat train/loss
+            for name, term in terms.items():
+                self.log(f"train/{name}", term, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection, split: str) -> None:
         images, labels = batch
         logits = self(images)
-        loss = self.criterion(logits, labels)
         metrics.update(logits.detach(), labels)
         if split == "test":
             self.test_predictions.update(logits, labels)
-        penalty = self.finetune.penalty(self) if split == "train" else None
-        if penalty is not None:
-            self.log("train/penalty", penalty, on_step=True, on_epoch=True, batch_size=len(labels))
-            loss = loss + penalty
-        on_step = split == "train"
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step, batch_size=len(labels))
-        return loss
+        self.log(self.logged_name(f"{split}/loss"), self.criterion(logits, labels), batch_size=len(labels))
+
+    def logged_name(self, key: str) -> str:
+        """The name a metric is logged under: ``test/acc`` becomes ``test_last/acc`` inside :meth:`splits_renamed`."""
+        split, _, rest = key.partition("/")
+        return f"{self._split_names[split]}/{rest}" if rest and split in self._split_names else key
+
+    @contextmanager
+    def splits_renamed(self, names: Mapping[str, str]) -> Iterator[None]:
+        """Log the splits in ``names`` under other names meanwhile (``{"test": "test_last"}`` to test the
+        last epoch's weights beside the best checkpoint's)."""
+        self._split_names = dict(names)
+        try:
+            yield
+        finally:
+            self._split_names = {}
 
     def log_epoch_metrics(self, metrics: MetricCollection, prog_bar: bool = False) -> None:
         """Log a split's metrics once, at the end of its epoch, and reset them.
@@ -160,7 +242,7 @@ class ImageClassifier(L.LightningModule):
         costs about a millisecond a step: as much as a cached linear-probe step itself.
         """
         if any(metric.update_called for metric in metrics.values()):
-            self.log_dict(metrics.compute(), prog_bar=prog_bar)
+            self.log_dict({self.logged_name(k): v for k, v in metrics.compute().items()}, prog_bar=prog_bar)
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:
@@ -180,14 +262,11 @@ class ImageClassifier(L.LightningModule):
         """Confusion matrix and reliability bins of the latest test pass; None before any test batch."""
         return self.test_predictions.compute() if self.test_predictions.update_called else None
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, self.train_metrics, "train")
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, self.val_metrics, "val")
+        self._eval_step(batch, self.val_metrics, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, self.test_metrics, "test")
+        self._eval_step(batch, self.test_metrics, "test")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.finetune.param_groups(self))

@@ -1,0 +1,181 @@
+"""A results table as data: groups of runs, their mean ± error, and the layout every renderer draws from.
+
+Kept apart from the renderers so that Markdown, CSV, LaTeX and the figures show the very same numbers, and
+apart from the MLflow query so that it can be built from any runs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from transfuse.errors import ReportError
+from transfuse.report.query import CHECKPOINTS, check_keys, field
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+#: what the ± of a cell is, as the caption states it
+ERRORS = {"std": "sample standard deviation (n - 1)", "sem": "standard error of the mean"}
+
+
+@dataclass
+class Group:
+    """One row of a results table: the runs sharing the same values of the grouping keys."""
+
+    key: tuple[str, ...]
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n - 1); NaN for a single run."""
+        return statistics.stdev(self.values) if self.n > 1 else math.nan
+
+    @property
+    def sem(self) -> float:
+        return self.std / math.sqrt(self.n) if self.n > 1 else math.nan
+
+
+def _natural(value: str) -> tuple[int, float | str]:
+    """Sort key putting numbers in numeric order (1, 5, 10, 50) before other strings."""
+    try:
+        return (0, float(value))
+    except ValueError:
+        return (1, value)
+
+
+def summarise(runs: Sequence[Run], rows: Sequence[str], metric: str, order: Sequence[str] = ()) -> list[Group]:
+    """Group runs by ``rows`` and collect ``metric``; runs without the metric are left out.
+
+    Raises:
+        ReportError: a key of ``rows`` that none of the runs has (a typo, rather than a group of ``None``).
+    """
+    check_keys(runs, rows)
+    groups: dict[tuple[str, ...], list[float]] = {}
+    for run in runs:
+        value = run.data.metrics.get(metric)
+        if value is not None:
+            groups.setdefault(tuple(str(field(run, k)) for k in rows), []).append(value)
+    rank = {name: i for i, name in enumerate(order)}
+
+    def position(group: Group) -> tuple:
+        return (rank.get(group.key[0], len(rank)), *(_natural(v) for v in group.key))
+
+    return sorted((Group(k, v) for k, v in groups.items()), key=position)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One metric of one group; ``group`` is None where no run has it, ``best`` marks the column's best mean."""
+
+    metric: str
+    group: Group | None
+    best: bool = False
+
+    def error(self, kind: str) -> float:
+        """The ± shown (``std`` or ``sem``); NaN for an empty cell or a single run."""
+        if self.group is None:
+            return math.nan
+        return self.group.std if kind == "std" else self.group.sem
+
+
+@dataclass(frozen=True)
+class Row:
+    """The values of the row keys and one cell per value column; ``n`` is the runs of the first metric (of every
+    cell, pivoted), shown in the ``n`` column of a table that is not pivoted."""
+
+    key: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    n: int
+
+
+@dataclass(frozen=True)
+class Table:
+    """A results table as data, rendered by :mod:`transfuse.report.render`.
+
+    ``column_keys`` are the grouping keys pivoted into columns (their values head the value columns, and n per
+    cell is in the caption); without them the table has an ``n`` column. ``error`` and ``checkpoint`` are the
+    keys of :data:`ERRORS` and :data:`~transfuse.report.query.CHECKPOINTS` that the caption spells out.
+    """
+
+    row_keys: tuple[str, ...]
+    column_keys: tuple[str, ...]
+    header: tuple[str, ...]
+    rows: tuple[Row, ...]
+    error: str
+    checkpoint: str
+    caption: str
+
+
+def _flagged(metric: str, group: Group | None, best: float) -> Cell:
+    return Cell(metric, group, group is not None and group.mean == best)
+
+
+def build_table(
+    tables: Mapping[str, Sequence[Group]],
+    rows: Sequence[str],
+    columns: Sequence[str] = (),
+    lower: Sequence[str] = (),
+    error: str = "std",
+    checkpoint: str = "best",
+) -> Table:
+    """Lay out the groups of each metric (as from :func:`summarise` over ``rows + columns``) as one table.
+
+    Several metrics become the value columns, one row per group, with the n of the first metric. One metric with
+    ``columns`` is pivoted: one row per value of the row keys and one column per value of the column keys
+    (``rows=method, columns=pair`` gives one row per method and one column per pair). The best mean of each
+    column is flagged, the smallest for metrics in ``lower``.
+
+    Raises:
+        ReportError: several metrics with ``columns``, or no row key.
+    """
+    if error not in ERRORS:
+        raise ValueError(f"error must be one of {list(ERRORS)}, got {error!r}")
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {checkpoint!r}")
+    names = list(tables)
+    if columns and len(names) > 1:
+        raise ReportError("several metrics become columns themselves; they cannot also be pivoted by keys")
+    if not rows:
+        raise ReportError("a table needs at least one row key")
+    pick = {name: min if name in lower else max for name in names}
+    if columns:
+        metric, split = names[0], len(rows)
+        groups = tables[metric]
+        row_values = list(dict.fromkeys(g.key[:split] for g in groups))
+        col_values = sorted({g.key[split:] for g in groups}, key=lambda key: [_natural(v) for v in key])
+        cells = {(g.key[:split], g.key[split:]): g for g in groups}
+        best = {c: pick[metric](g.mean for (_, gc), g in cells.items() if gc == c) for c in col_values}
+        header = tuple(" / ".join(c) for c in col_values)
+        body = []
+        for r in row_values:
+            line = tuple(_flagged(metric, cells.get((r, c)), best[c]) for c in col_values)
+            body.append(Row(r, line, sum(c.group.n for c in line if c.group)))
+        what = f"{metric} (mean ± {error})"
+    else:
+        by_key = {name: {g.key: g for g in groups} for name, groups in tables.items()}
+        keys = [g.key for g in tables[names[0]]]
+        keys += [k for name in names[1:] for k in by_key[name] if k not in keys]
+        best = {n: pick[n]((g.mean for g in tables[n]), default=math.nan) for n in names}
+        header = tuple(f"{n} (mean ± {error})" for n in names)
+        body = []
+        for key in keys:
+            line = tuple(_flagged(n, by_key[n].get(key), best[n]) for n in names)
+            body.append(Row(key, line, line[0].group.n if line[0].group else 0))
+        what = f"{names[0]} (mean ± {error})" if len(names) == 1 else f"mean ± {error}"
+    counts = sorted({c.group.n for row in body for c in row.cells if c.group})
+    n = "0" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    parts = [f"{what}, n = {n} runs per cell", *([f"columns: {', '.join(columns)}"] if columns else [])]
+    caption = "; ".join([*parts, f"± = {ERRORS[error]}", f"checkpoint: {CHECKPOINTS[checkpoint]}"])
+    return Table(tuple(rows), tuple(columns), header, tuple(body), error, checkpoint, caption)

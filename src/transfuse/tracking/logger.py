@@ -1,0 +1,53 @@
+"""The Lightning logger that sends metrics into a run that :mod:`transfuse.tracking.run` owns.
+
+Lightning's ``MLFlowLogger`` is used only to send metrics: it would otherwise end the run after ``fit``
+(before ``test``) and upload checkpoints with ``log_model``, which fails on SQLite stores (Lightning issue 19441).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from mlflow.entities import Metric
+
+
+class RunLogger(MLFlowLogger):
+    """Logs metrics into an existing run and leaves ending it to :func:`tracked_run`.
+
+    Metrics are written in batches at most every ``flush_every_s`` seconds (and when Lightning finalises the
+    logger after fit or test, on success or failure): one SQLite commit per logging call costs several
+    milliseconds, more than a cached linear-probe training step.
+    """
+
+    def __init__(self, *args: Any, flush_every_s: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flush_every_s = flush_every_s
+        self._pending: list[Metric] = []
+        self._flushed_at = time.monotonic()
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        timestamp_ms = int(time.time() * 1000)
+        for key, value in metrics.items():
+            name = re.sub(r"[^a-zA-Z0-9_/. -]+", "", key)  # the characters MLflow allows in metric names
+            self._pending.append(Metric(key=name, value=float(value), timestamp=timestamp_ms, step=step or 0))
+        if time.monotonic() - self._flushed_at >= self.flush_every_s:
+            self.flush()
+
+    @rank_zero_only
+    def flush(self) -> None:
+        """Write every pending metric now (MLflow takes at most 1000 per batch)."""
+        for start in range(0, len(self._pending), 1000):
+            batch = self._pending[start : start + 1000]
+            self.experiment.log_batch(self.run_id, metrics=batch, **self._log_batch_kwargs)
+        self._pending.clear()
+        self._flushed_at = time.monotonic()
+
+    def finalize(self, status: str = "success") -> None:
+        """Flush, but leave the run open: ``fit`` ends before ``test`` logs into the same run."""
+        self.flush()

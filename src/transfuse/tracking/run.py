@@ -1,0 +1,187 @@
+"""The lifecycle of one MLflow run: config, tags, lineage, and a status that is never left RUNNING.
+
+A run records plain values (ids, names, counts): it does not know how weights were loaded or models built.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Param, Run, RunStatus
+from omegaconf import DictConfig, OmegaConf
+
+from transfuse.tracking.query import SOURCE_RUN_TAG, SOURCE_TAG, SWEEPS_TAG
+from transfuse.tracking.store import artifact_location, open_store, store_lock
+
+if TYPE_CHECKING:
+    from transfuse.tracking.logger import RunLogger
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b.c": "value"}`` with values cut to MLflow's parameter length.
+
+    >>> flatten({"optimizer": {"lr": 0.1}, "tags": ["a", "b"]})
+    {'optimizer.lr': '0.1', 'tags': "['a', 'b']"}
+    """
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def git_commit() -> str:
+    """Commit of the transfuse checkout (``+dirty`` with uncommitted changes), or ``unknown``."""
+    repo = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def hydra_tags() -> dict[str, str]:
+    """Overrides and, in multirun, the sweep id and job number of the current Hydra job (if any)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    tags = {"overrides": " ".join(hc.overrides.task)}
+    if hc.mode == RunMode.MULTIRUN:
+        tags["sweep_id"] = tags[SWEEPS_TAG] = str(hc.sweep.dir)  # ``sweeps`` grows when a relaunch reuses the run
+        tags["sweep_job"] = str(hc.job.num)
+    return tags
+
+
+class TrackedRun:
+    """An open MLflow run, with the helpers the training flow calls."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str) -> None:
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        #: metrics logged through :meth:`log_metrics`, returned with the run's results
+        self.logged_scores: dict[str, float] = {}
+
+    def logger(self, **kwargs: Any) -> RunLogger:
+        """A Lightning logger writing this run's metrics (``kwargs``: ``logger.metrics`` of the config)."""
+        from transfuse.tracking.logger import RunLogger  # Lightning: only for runs that train or test
+
+        return RunLogger(tracking_uri=self.client.tracking_uri, run_id=self.run_id, **kwargs)
+
+    def log_config(self, cfg: DictConfig) -> None:
+        """Resolved config as parameters and as ``config.yaml``."""
+        container = OmegaConf.to_container(cfg, resolve=True)
+        params = [Param(k, v) for k, v in flatten(container).items()]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
+        self.client.log_text(self.run_id, OmegaConf.to_yaml(container), "config.yaml")
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, value)
+            self.logged_scores[key] = float(value)
+
+    def log_source(
+        self,
+        source: str,
+        source_run_id: str | None = None,
+        head_reinitialised: bool = False,
+        missing: int = 0,
+        unexpected: int = 0,
+        prefix: str = "init",
+    ) -> None:
+        """Record the weights a run started from, linking to the source run when there is one.
+
+        ``prefix`` names what was initialised: ``init`` for the model, ``init.branch.<i>`` for one branch.
+        """
+        if prefix != "init":
+            self.client.set_tag(self.run_id, prefix, source)
+            return
+        self.client.set_tag(self.run_id, SOURCE_TAG, source)
+        self.client.set_tag(self.run_id, "init.head_reinitialised", str(head_reinitialised).lower())
+        self.client.log_metric(self.run_id, "init/missing_keys", missing)
+        self.client.log_metric(self.run_id, "init/unexpected_keys", unexpected)
+        if source_run_id:
+            parent = self.client.get_run(source_run_id)
+            self.client.set_tag(self.run_id, SOURCE_RUN_TAG, source_run_id)
+            link = f"#/experiments/{parent.info.experiment_id}/runs/{source_run_id}"
+            self.client.set_tag(
+                self.run_id,
+                "mlflow.note.content",
+                f"Initialised from run [{parent.info.run_name}]({link}) (`{source}`).",
+            )
+
+    def log_members(self, runs: Sequence[Run]) -> None:
+        """Tag a fusion with its member runs (``members``, ``member.<i>``) and link them in its description."""
+        self.client.set_tag(self.run_id, "members", ",".join(r.info.run_id for r in runs))
+        self.client.set_tag(self.run_id, "member_count", str(len(runs)))
+        links = []
+        for i, member in enumerate(runs):
+            self.client.set_tag(self.run_id, f"member.{i}", member.info.run_id)
+            link = f"#/experiments/{member.info.experiment_id}/runs/{member.info.run_id}"
+            links.append(f"{i}. [{member.info.run_name}]({link}) `{member.info.run_id}`")
+        self.client.set_tag(self.run_id, "mlflow.note.content", "Fusion of:\n\n" + "\n".join(links))
+
+
+@contextmanager
+def tracked_run(
+    tracking_uri: str, experiment_name: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[TrackedRun]:
+    """Open a run and always close it: FINISHED on success, FAILED (with the error as a tag) otherwise."""
+    client = open_store(tracking_uri)
+    with store_lock(tracking_uri):  # two jobs of a parallel sweep must not both create the experiment
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            experiment_id = client.create_experiment(experiment_name, artifact_location(tracking_uri, experiment_name))
+        elif experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+            experiment_id = experiment.experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+    commit = git_commit()
+    all_tags = {
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "command": shlex.join(sys.argv),
+        **hydra_tags(),
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run_id = run.info.run_id
+    log.info("MLflow run %s (%s) in experiment %r at %s", run_id, run_name, experiment_name, tracking_uri)
+    try:
+        yield TrackedRun(client, run_id, experiment_id)
+    except BaseException as err:
+        status = RunStatus.to_string(RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED)
+        try:
+            mlflow.flush_async_logging()  # metrics queued by an asynchronous logger land before the status
+            client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:MAX_PARAM_LENGTH])
+        finally:
+            client.set_terminated(run_id, status)
+        raise
+    mlflow.flush_async_logging()
+    client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,57 @@
+"""Opening an MLflow store: one process at a time creates a SQLite database, artifacts live beside it.
+
+Only ``mlflow`` and ``filelock`` are imported (no torch).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+from mlflow import MlflowClient
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, None for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+
+
+@contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an inter-process lock on a SQLite store (``<db>.lock``); a no-op for a tracking server.
+
+    SQLite serialises writes by itself (MLflow waits up to 20 s for a busy database), but creating the schema
+    and creating an experiment are check-then-write sequences that parallel jobs would race on.
+    """
+    database = sqlite_path(tracking_uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock", timeout=600):
+        yield
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client whose store exists: a new SQLite database is created (and migrated) by one process at a time."""
+    with store_lock(tracking_uri):  # MlflowClient creates and migrates the schema when it is constructed
+        client = MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
+def artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
+    """For a SQLite store, keep artifacts in ``mlartifacts/`` beside the database file.
+
+    MLflow would otherwise put them in ``./mlruns`` of whatever directory the command ran in.
+    """
+    database = sqlite_path(tracking_uri)
+    if database is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment_name)
+    return (database.parent / "mlartifacts" / slug).as_uri()
