@@ -71,3 +71,21 @@ def test_unknown_student_backbone_is_one_line_on_fuse(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     expected = "transfuse-fuse: error: timm has no model named 'resnet_does_not_exist' (see timm.list_models())"
     assert last_line(result.stderr) == expected
+
+
+def test_help_lists_only_the_groups_each_entry_point_takes(tmp_path):
+    train = run_cli("transfuse.train", ["--help"], tmp_path)
+    fuse = run_cli("transfuse.fuse", ["--help"], tmp_path)
+    assert train.returncode == 0 and fuse.returncode == 0
+
+    def groups(text: str) -> dict[str, list[str]]:
+        rows = [line.strip().split(": ", 1) for line in text.splitlines() if line.startswith("  ") and ": " in line]
+        return {name: options.split(", ") for name, options in rows}
+
+    train_groups, fuse_groups = groups(train.stdout), groups(fuse.stdout)
+    assert {"stage", "finetune", "multi_input", "adapt", "data", "experiment"} <= set(train_groups)
+    assert "fusion_method" not in train_groups and "digits_soups/fuse" not in train_groups["experiment"]
+    assert {"fusion_method", "data", "backbone", "experiment"} <= set(fuse_groups)
+    assert not {"stage", "adapt", "multi_input", "hparams_search"} & set(fuse_groups)
+    assert fuse_groups["experiment"] == ["digits_soups/fuse", "wortsman2022_soups/full_scale_fuse"]
+    assert "_base" not in train_groups["data"] and "mnist5k" in train_groups["data"]

@@ -190,7 +190,8 @@ def test_distilled_student_is_one_model_that_training_can_load(zoo, tmp_path):
         "backbone: {_target_: os.makedirs, name: PWNED}\nhead: {_target_: transfuse.models.LinearHead}",
         "backbone: {_target_: transfuse.models.TimmBackbone, name: resnet18}\n"
         "head: {_target_: transfuse.models.LinearHead, dropout: {_target_: os.makedirs, name: PWNED}}",
-        "backbone: {_target_: torch.load, f: PWNED, weights_only: false}\nhead: {_target_: transfuse.models.LinearHead}",
+        "backbone: {_target_: torch.load, f: PWNED, weights_only: false}\n"
+        "head: {_target_: transfuse.models.LinearHead}",
     ],
 )
 def test_a_member_config_naming_foreign_code_is_refused_before_anything_runs(tmp_path, tracking_uri, payload):

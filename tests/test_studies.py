@@ -154,7 +154,7 @@ def test_shortened_noisy_mnist_fusion_study_has_a_row_per_view_and_fusion(make_c
     runs = fetch_runs(MlflowClient(cfg.logger.tracking_uri), ["noisy_mnist_fusion"])
     by_method = {r.data.tags["method"]: r for r in runs}
     assert set(by_method) == set(methods)  # every run FINISHED under its own row
-    assert {by_method[m].data.tags.get("fusion") for m in ("early", "feature_gated", "late")} == {
+    assert {by_method[m].data.tags.get("multi_input") for m in ("early", "feature_gated", "late")} == {
         "early",
         "feature",
         "late",

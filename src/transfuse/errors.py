@@ -9,8 +9,8 @@ class TransfuseError(Exception):
     """Base class for errors caused by input (config, data, weights, run ids) rather than by a bug."""
 
 
-class ConfigError(TransfuseError):
-    """A combination of config values that cannot work."""
+class ConfigError(TransfuseError, ValueError):
+    """A config value, or a combination of them, that cannot work (also a ``ValueError``: a bad argument)."""
 
 
 class DataError(TransfuseError):

@@ -4,7 +4,8 @@ The flow mirrors ``transfuse-train``: compose the config, instantiate the data a
 member runs named by ``pool.runs`` or ``pool.filter`` (before any run opens, so a wrong member leaves none),
 fuse, and log the fused metrics next to every member's (``member/<i>/test/acc``), with the cost of the fused
 model and any fusion weights; soups and students are saved as ``checkpoints/best.ckpt`` so that
-``init.weights=runs:/<fusion run>`` starts training from them.
+``init.weights=runs:/<fusion run>`` starts training from them. Torch, Lightning and MLflow are imported inside
+:func:`fuse`, so that ``--help``, ``--cfg job`` and config errors answer at once.
 """
 
 from __future__ import annotations
@@ -12,22 +13,12 @@ from __future__ import annotations
 import logging
 
 import hydra
-import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from transfuse.cli_help import print_help_if_asked
 from transfuse.config import CONF_DIR, register_resolvers
-from transfuse.fusion.evaluate import fused_metrics
-from transfuse.fusion.members import find_members, load_member
-from transfuse.fusion.pool import Pool
-from transfuse.fusion.students import Students
-from transfuse.models.build import build_model
-from transfuse.models.summary import summarise_predictions
 from transfuse.sweeps import config_hash, run_job
-from transfuse.tracking import artifacts
-from transfuse.tracking.query import HASH_TAG
-from transfuse.tracking.run import tracked_run
-from transfuse.tracking.store import open_store
+from transfuse.tracking.tags import HASH_TAG
 
 log = logging.getLogger("transfuse")
 register_resolvers()
@@ -35,6 +26,19 @@ register_resolvers()
 
 def fuse(cfg: DictConfig) -> dict[str, float]:
     """Fuse the members on ``cfg.data`` with ``cfg.fusion_method``; return the logged metrics."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from transfuse.fusion.evaluate import fused_metrics
+    from transfuse.fusion.members import find_members, load_member
+    from transfuse.fusion.pool import Pool
+    from transfuse.fusion.students import Students
+    from transfuse.models.build import build_model
+    from transfuse.models.summary import summarise_predictions
+    from transfuse.tracking import artifacts
+    from transfuse.tracking.run import tracked_run
+    from transfuse.tracking.store import open_store
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     class_names = datamodule.class_names
@@ -65,10 +69,19 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+SUMMARY = "Fuse trained runs (ensembles, soups, feature heads, distillation) on a dataset, tracked in MLflow."
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="fuse")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.return_metric`` for sweepers (NaN when missing)."""
     return run_job(cfg, fuse, cfg.return_metric, "transfuse-fuse")
+
+
+def main() -> None:
+    """The ``transfuse-fuse`` command: a fast ``--help`` of the groups it takes, else Hydra."""
+    if not print_help_if_asked("transfuse-fuse", "fuse", SUMMARY):
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -14,18 +14,19 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from mlflow import MlflowClient
-from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
 from transfuse.errors import TransfuseError
-from transfuse.tracking.query import HASH_TAG, SWEEPS_TAG, finished_runs
-from transfuse.tracking.store import open_store
+from transfuse.tracking.tags import HASH_TAG, SWEEPS_TAG
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ def _without(value: Any, output_dir: str | None) -> Any:
 
 def finished_twin(client: MlflowClient, experiment_name: str, digest: str) -> Run | None:
     """The newest FINISHED run of the experiment with this config hash, if any."""
+    from transfuse.tracking.query import finished_runs  # MLflow: only when a sweep job may be skipped
+
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None or experiment.lifecycle_stage != "active":
         return None
@@ -112,6 +115,8 @@ def run_or_reuse(
     """
     sweep_id = sweep_id or multirun_sweep()
     if sweep_id is not None and cfg.get("resume", False):
+        from transfuse.tracking.store import open_store
+
         client = open_store(cfg.logger.tracking_uri)
         twin = finished_twin(client, cfg.logger.experiment_name, config_hash(cfg))
         if twin is not None:

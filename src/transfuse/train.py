@@ -1,7 +1,8 @@
 """``transfuse-train``: compose the config, build the parts, fit/test with Lightning, track in MLflow.
 
 Every stage (``pretrain``, ``finetune``, ``evaluate``) runs through the same straight flow; a stage config
-only switches its steps on or off.
+only switches its steps on or off. Torch, Lightning and MLflow are imported inside :func:`train`, so that
+``--help``, ``--cfg job`` and config errors answer at once.
 """
 
 from __future__ import annotations
@@ -9,24 +10,21 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from transfuse.cli_help import print_help_if_asked
 from transfuse.config import CONF_DIR, register_resolvers
 from transfuse.errors import ConfigError
-from transfuse.models.build import build_model
-from transfuse.models.classifier import ImageClassifier
 from transfuse.sweeps import config_hash, run_job
-from transfuse.tracking import artifacts
-from transfuse.tracking.query import HASH_TAG
-from transfuse.tracking.run import tracked_run
-from transfuse.tracking.store import open_store
-from transfuse.transferability import score_model
-from transfuse.weights import InitSpec, initialise, is_none
+from transfuse.tracking.tags import HASH_TAG
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from transfuse.models.classifier import ImageClassifier
 
 log = logging.getLogger("transfuse")
 register_resolvers()
@@ -50,6 +48,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Data, model and initial weights are built before the MLflow run opens: an input error leaves no run.
     """
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from transfuse.models.build import build_model
+    from transfuse.tracking import artifacts
+    from transfuse.tracking.run import tracked_run
+    from transfuse.tracking.store import open_store
+    from transfuse.transferability import score_model
+    from transfuse.weights import InitSpec, initialise, is_none
+
     init = InitSpec.from_config(cfg.init)
     if cfg.stage.requires_weights and is_none(init.weights):
         raise ConfigError(f"stage={cfg.tags.stage} needs init.weights=<source> (a run, a query, a file or timm)")
@@ -58,7 +66,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg, datamodule.class_names)
     client = open_store(cfg.logger.tracking_uri)
     loaded = initialise(model, init, client, datamodule.class_names, cfg.stage.on_head_mismatch)
-    callbacks: list[Callback] = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
     tags = {**cfg.tags, HASH_TAG: config_hash(cfg)}
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags) as run:
         run.log_config(cfg)
@@ -92,12 +100,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+SUMMARY = "One run of one stage (pretrain, finetune, evaluate, score, adapt): fit and test a model, tracked in MLflow."
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.stage.return_metric`` for sweepers (NaN when the run has none)."""
     if cfg.get("print_config"):
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     return run_job(cfg, train, cfg.stage.return_metric, "transfuse-train")
+
+
+def main() -> None:
+    """The ``transfuse-train`` command: a fast ``--help`` of the groups it takes, else Hydra."""
+    if not print_help_if_asked("transfuse-train", "train", SUMMARY):
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from transfuse.errors import ConfigError
+
 
 def _check_features(source: Any, target: Any) -> None:
     """Raise if ``source`` and ``target`` are not two feature matrices of the same width with 2+ rows each."""
@@ -108,9 +110,9 @@ class DomainDiscriminator(nn.Module):
     def __init__(self, in_features: int, hidden: int = 256, dropout: float = 0.5) -> None:
         super().__init__()
         if in_features < 1 or hidden < 1:
-            raise ValueError(f"expected positive in_features and hidden, got {in_features} and {hidden}")
+            raise ConfigError(f"adapt.hidden and the feature width must be positive, got {in_features} and {hidden}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"expected dropout in [0, 1), got {dropout}")
+            raise ConfigError(f"adapt.dropout must be in [0, 1), got {dropout}")
         self.net = nn.Sequential(
             nn.Linear(in_features, hidden),
             nn.ReLU(),
@@ -191,11 +193,11 @@ def mmd_loss(
     """
     _check_features(source, target)
     if kernel_num < 1:
-        raise ValueError(f"expected kernel_num >= 1, got {kernel_num}")
+        raise ConfigError(f"adapt.kernel_num must be >= 1, got {kernel_num}")
     if not kernel_mul > 0:
-        raise ValueError(f"expected kernel_mul > 0, got {kernel_mul}")
+        raise ConfigError(f"adapt.kernel_mul must be > 0, got {kernel_mul}")
     if bandwidth is not None and not bandwidth > 0:
-        raise ValueError(f"expected bandwidth > 0 or None, got {bandwidth}")
+        raise ConfigError(f"adapt.bandwidth must be > 0 or null, got {bandwidth}")
     pooled = torch.cat([source, target])
     # direct differences rather than the |x|^2 + |y|^2 - 2xy expansion: exact zeros for equal rows, no cancellation
     sq_dist = torch.cdist(pooled, pooled, compute_mode="donot_use_mm_for_euclid_dist").pow(2)

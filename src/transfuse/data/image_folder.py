@@ -11,7 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from transfuse.data.base import ImageTensors, InMemoryImageDataModule
-from transfuse.errors import DataError
+from transfuse.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class ImageFolder(InMemoryImageDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if on_corrupt not in ("error", "skip"):
-            raise ValueError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
+            raise ConfigError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
         self.root, self.load_size, self.mode = Path(root).expanduser(), load_size, mode
         self.on_corrupt, self.max_memory_gb, self.workers = on_corrupt, max_memory_gb, workers
         self.skipped: list[tuple[Path, str]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from transfuse.errors import DataError
+from transfuse.errors import ConfigError, DataError
 
 
 def _class_permutations(labels: Tensor, seed: int) -> dict[int, Tensor]:
@@ -27,7 +27,7 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
     (6, 2)
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"split fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"split fraction must be in (0, 1), got {fraction}")
     rest, held = [], []
     for idx in _class_permutations(labels, seed).values():
         n_held = round(fraction * len(idx))
@@ -45,7 +45,7 @@ def per_class_subset(labels: Tensor, per_class: int, seed: int, class_names: lis
     names the option the user has to change.
     """
     if per_class < 1:
-        raise ValueError(f"{setting} must be >= 1, got {per_class}")
+        raise ConfigError(f"{setting} must be >= 1, got {per_class}")
     by_class = _class_permutations(labels, seed)
     chosen = []
     for c, name in enumerate(class_names):

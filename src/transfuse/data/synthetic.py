@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from transfuse.data.base import ImageTensors, InMemoryImageDataModule
+from transfuse.errors import ConfigError
 
 SHAPES = ("disk", "square", "triangle", "cross", "ring", "diamond")
 
@@ -108,7 +109,7 @@ class SyntheticShapes(InMemoryImageDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if not 2 <= num_classes <= len(SHAPES):
-            raise ValueError(f"num_classes must be between 2 and {len(SHAPES)}, got {num_classes}")
+            raise ConfigError(f"num_classes must be between 2 and {len(SHAPES)}, got {num_classes}")
         self.num_shapes, self.per_class, self.native_size, self.seed = num_classes, per_class, native_size, seed
         self.style = dict(style or {})
 

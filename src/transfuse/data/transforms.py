@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transfuse.errors import ConfigError
+
 
 def adapt_channels(x: Tensor, channels: int) -> Tensor:
     """Grey to RGB by repetition, RGB to grey by luminance; other counts must already match."""
@@ -54,9 +56,9 @@ class RandomAffine:
         padding: str = "zeros",
     ) -> None:
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {scale}")
+            raise ConfigError(f"scale must be (min, max) with 0 < min <= max, got {scale}")
         if not 0.0 <= hflip <= 1.0:
-            raise ValueError(f"hflip is a probability, got {hflip}")
+            raise ConfigError(f"hflip is a probability, got {hflip}")
         self.degrees, self.translate, self.scale, self.hflip, self.padding = (
             degrees,
             translate,

@@ -18,9 +18,6 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
 from transfuse.errors import ReportError, TransfuseError
 from transfuse.report.query import CHECKPOINTS, DEFAULT_URI, checkpoint_metric, fetch_runs
 from transfuse.report.render import curve_axis, draw_bar, draw_curve, to_csv, to_latex, to_markdown
@@ -133,6 +130,9 @@ def make_report(args: argparse.Namespace) -> None:
     Raises:
         ReportError: the arguments select nothing to tabulate, or cannot be combined.
     """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     rows, columns, order = _split(args.rows), _split(args.columns), _split(args.order)
     metrics = [checkpoint_metric(m, args.checkpoint) for m in _split(args.metric)]
     named = _split(args.lower_is_better)

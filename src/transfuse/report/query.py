@@ -1,20 +1,22 @@
 """Selecting the runs of a report and reading its grouping keys off them.
 
 Experiment ids, FINISHED-run searches and the ``sweeps`` tag come from :mod:`transfuse.tracking.query`, shared
-with the sweep skip check, so a report selects runs by the same rules that recorded them. Only ``mlflow`` is
-imported (no torch), so ``transfuse-report`` starts quickly.
+with the sweep skip check, so a report selects runs by the same rules that recorded them. MLflow is imported
+only when runs are searched (and torch never), so ``transfuse-report --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-
-from mlflow import MlflowClient
-from mlflow.entities import Run
+from typing import TYPE_CHECKING
 
 from transfuse.errors import ReportError
 from transfuse.tracking.query import SWEEPS_TAG, experiment_ids, finished_runs, quoted
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 #: the store read when neither ``--tracking-uri`` nor ``MLFLOW_TRACKING_URI`` names one
 DEFAULT_URI = "sqlite:///mlflow.db"

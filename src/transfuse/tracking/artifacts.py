@@ -17,6 +17,8 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from transfuse.errors import ConfigError
+
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
@@ -48,7 +50,7 @@ def log_checkpoints(run: TrackedRun, trainer: Trainer, last: Path, last_mode: st
     ``full`` (with optimiser state, to resume), ``weights`` or ``none``.
     """
     if last_mode not in ("full", "weights", "none"):
-        raise ValueError(f"last checkpoint mode must be full, weights or none, got {last_mode!r}")
+        raise ConfigError(f"last_checkpoint must be full, weights or none, got {last_mode!r}")
     callback = trainer.checkpoint_callback
     staged = {"best.ckpt": callback.best_model_path if callback is not None else ""}
     if last_mode != "none":

@@ -1,28 +1,24 @@
 """The MLflow look-ups that several parts share: tag names, experiment ids, FINISHED-run searches.
 
-Only ``mlflow`` is imported (no torch), so the report and the sweep skip check stay light. Every search
-adds ``attributes.status = 'FINISHED'`` itself; a filter MLflow cannot parse becomes a
+Neither torch nor (until a search runs) MLflow is imported, so the report and the sweep skip check stay light.
+Every search adds ``attributes.status = 'FINISHED'`` itself; a filter MLflow cannot parse becomes a
 :class:`~transfuse.errors.TransfuseError` of the caller's kind, with MLflow's first line only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from mlflow import MlflowClient
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING
 
 from transfuse.errors import TransfuseError
+from transfuse.tracking.tags import HASH_TAG, SOURCE_RUN_TAG, SOURCE_TAG, SWEEPS_TAG
 
-#: tag holding the config hash of a run (see :func:`transfuse.sweeps.config_hash`)
-HASH_TAG = "config_hash"
-#: tag listing (space-separated) every Hydra sweep that ran or reused a run
-SWEEPS_TAG = "sweeps"
-#: tag naming the run whose checkpoint a run started from
-SOURCE_RUN_TAG = "source_run_id"
-#: tag holding the ``init.weights`` source a run started from (a path, ``runs:/...`` or ``timm``)
-SOURCE_TAG = "init.source"
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+__all__ = ["HASH_TAG", "SOURCE_RUN_TAG", "SOURCE_TAG", "SWEEPS_TAG", "experiment_ids", "finished_runs", "quoted"]
+
 FINISHED = "attributes.status = 'FINISHED'"
 #: the most runs one search returns (MLflow's own limit per page is 50,000)
 MAX_RESULTS = 50000
@@ -72,6 +68,8 @@ def finished_runs(
     Raises:
         error: MLflow cannot parse the filter; the message quotes the user's filter, not the clause added here.
     """
+    from mlflow.exceptions import MlflowException
+
     if not ids:
         return []
     query = " and ".join(q for q in (filter_string.strip(), FINISHED) if q)
