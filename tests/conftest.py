@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 from transfuse.config import compose_train_config, register_resolvers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:  # one core per worker: two workers on two cores without oversubscription
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 register_resolvers()
 

@@ -263,9 +263,9 @@ def test_non_tensor_features_are_rejected():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kernel_num": 0}, "kernel_num >= 1, got 0"),
-        ({"kernel_mul": 0.0}, "kernel_mul > 0, got 0.0"),
-        ({"bandwidth": -1.0}, "bandwidth > 0 or None, got -1.0"),
+        ({"kernel_num": 0}, "adapt.kernel_num must be >= 1, got 0"),
+        ({"kernel_mul": 0.0}, "adapt.kernel_mul must be > 0, got 0.0"),
+        ({"bandwidth": -1.0}, "adapt.bandwidth must be > 0 or null, got -1.0"),
     ],
 )
 def test_mmd_rejects_bad_kernel_settings(kwargs, message):

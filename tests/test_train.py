@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from tests.conftest import FAST
 from transfuse import weights
 from transfuse.errors import ConfigError, WeightsError
-from transfuse.train import build_model, train
+from transfuse.models.build import build_model
+from transfuse.train import train
 from transfuse.weights import read_file
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from transfuse import weights
 from transfuse.errors import WeightsError
-from transfuse.train import build_model
+from transfuse.models.build import build_model
 
 CLASSES = ["disk", "square", "triangle", "cross"]
 

@@ -12,6 +12,15 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 EXPERIMENTS_DIR = CONF_DIR.parent / "experiments"
 
 
+#: the ways of saying "nothing" for a source in a config or on the command line (``init.weights=none``)
+NONE_VALUES = ("none", "null", "")
+
+
+def is_none(value: object) -> bool:
+    """Whether a config value such as ``init.weights`` means "none" (fresh weights, no source)."""
+    return value is None or str(value).strip().lower() in NONE_VALUES
+
+
 def timm_default(name: str, field: str):
     """Read one field (``mean``, ``std``, ``image_size``...) of a timm model's default pretrained config.
 

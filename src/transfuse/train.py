@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from transfuse.cli_help import print_help_if_asked
-from transfuse.config import CONF_DIR, register_resolvers
+from transfuse.config import CONF_DIR, is_none, register_resolvers
 from transfuse.errors import ConfigError
 from transfuse.sweeps import config_hash, run_job
 from transfuse.tracking.tags import HASH_TAG
@@ -48,6 +48,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Data, model and initial weights are built before the MLflow run opens: an input error leaves no run.
     """
+    if cfg.stage.requires_weights and is_none(cfg.init.weights):
+        raise ConfigError(f"stage={cfg.tags.stage} needs init.weights=<source> (a run, a query, a file or timm)")
     import lightning as L
     from hydra.utils import instantiate
 
@@ -56,11 +58,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from transfuse.tracking.run import tracked_run
     from transfuse.tracking.store import open_store
     from transfuse.transferability import score_model
-    from transfuse.weights import InitSpec, initialise, is_none
+    from transfuse.weights import InitSpec, initialise
 
     init = InitSpec.from_config(cfg.init)
-    if cfg.stage.requires_weights and is_none(init.weights):
-        raise ConfigError(f"stage={cfg.tags.stage} needs init.weights=<source> (a run, a query, a file or timm)")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.datamodule)
     model = build_model(cfg, datamodule.class_names)

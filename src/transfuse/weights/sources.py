@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from torch import Tensor
 
+from transfuse.config import is_none
 from transfuse.errors import WeightsError
 from transfuse.models.backbones import TimmBackbone
 from transfuse.tracking.query import newest_finished
@@ -31,8 +32,6 @@ FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 _FILTER_SYNTAX = re.compile(r"(=|<|>|\bLIKE\b|\bILIKE\b|\bIN\b)", re.IGNORECASE)
 BACKBONE_PREFIX = "backbone.model."
 HEAD_PREFIX = "head."
-#: the ways of saying "no initial weights" in a config or on the command line
-NONE_VALUES = ("none", "null", "")
 
 
 @dataclass
@@ -81,11 +80,6 @@ def _run_checkpoint(client: MlflowClient, run_id: str, artifact: str) -> Checkpo
             ) from None
         state, class_names = read_file(local)
     return Checkpoint(state, f"runs:/{run_id}/{artifact}", class_names, run_id)
-
-
-def is_none(spec: object) -> bool:
-    """Whether an ``init.weights``-style value means "start from fresh weights"."""
-    return spec is None or str(spec).strip().lower() in NONE_VALUES
 
 
 def find_run(client: MlflowClient, query: str) -> str:
