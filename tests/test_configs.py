@@ -96,13 +96,16 @@ def test_every_fusion_method_and_fuse_experiment_composes(tmp_path, method):
     from omegaconf import OmegaConf
 
     from transfuse.config import compose_config
+    from transfuse.fuse import method_configs
 
     for experiment in [None, *FUSE_EXPERIMENTS]:
         overrides = [f"fusion_method={method}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
         cfg = compose_config("fuse", [*overrides, *([f"experiment={experiment}"] if experiment else [])], tmp_path)
-        assert instantiate(cfg.fusion_method) is not None
-        OmegaConf.resolve(cfg)  # every interpolation (pool filter, tags) resolves
-        assert cfg.tags.method == method
+        assert list(cfg.fusion_method) == [method]
+        assert instantiate(cfg.fusion_method[method]) is not None
+        one = method_configs(cfg)[method]
+        OmegaConf.resolve(one)  # every interpolation (pool filter, tags) resolves
+        assert one.tags.method == method and one.run_name.startswith(f"fuse-{method}-")
 
 
 def test_typo_in_a_key_fails_with_hydra_error(make_config):

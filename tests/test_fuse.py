@@ -170,7 +170,9 @@ def test_cli_prints_one_line_for_a_wrong_run_id(tmp_path):
 def test_distilled_student_is_one_model_that_training_can_load(zoo, tmp_path):
     _, uri, source, _ = zoo
     student = ["backbone=test_resnet", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
-    _, metrics = _fuse(zoo, "fusion_method=distill", f"fusion_method.student_init=runs:/{source.info.run_id}", *student)
+    _, metrics = _fuse(
+        zoo, "fusion_method=distill", f"fusion_method.distill.student_init=runs:/{source.info.run_id}", *student
+    )
     client, run = _latest(uri)
     assert run.info.status == "FINISHED" and run.data.tags["source_run_id"] == source.info.run_id
     assert "train/distill_loss" in run.data.metrics and len(client.get_metric_history(run.info.run_id, "val/acc")) >= 2
@@ -207,3 +209,30 @@ def test_a_member_config_naming_foreign_code_is_refused_before_anything_runs(tmp
     with pytest.raises(FusionError, match=r"is not a transfuse backbone or head"):
         load_member(client, client.get_run(run.info.run_id), ["a", "b"])
     assert not canary.exists()
+
+
+def test_several_methods_in_one_job_share_one_pass_and_log_a_run_each(zoo, monkeypatch):
+    """fusion_method=[a,b,c]: the members run over the data once, and each method is its own tracked run
+    with the same numbers as when it runs alone."""
+    from transfuse.fusion.pool import Pool
+
+    passes = []
+    original = Pool.predict.__func__
+
+    def counting(cls, members, images, labels):
+        passes.append(len(members))
+        return original(cls, members, images, labels)
+
+    monkeypatch.setattr(Pool, "predict", classmethod(counting))
+    _, best = _fuse(zoo, "fusion_method=[logit_mean,vote,greedy_soup]", "logger.experiment_name=many")
+    assert passes == [2]  # one pass of the two members for three methods
+    client = MlflowClient(zoo[1])
+    runs = client.search_runs([client.get_experiment_by_name("many").experiment_id])
+    by_method = {r.data.tags["method"]: r for r in runs}
+    assert sorted(by_method) == ["greedy_soup", "logit_mean", "vote"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["config_hash"] for r in runs}) == 3
+    assert best["val/acc"] == max(r.data.metrics["val/acc"] for r in runs)
+    _, alone = _fuse(zoo, "fusion_method=vote", "logger.experiment_name=alone")
+    assert alone["test/acc"] == by_method["vote"].data.metrics["test/acc"]
+    assert alone["val/acc"] == by_method["vote"].data.metrics["val/acc"]

@@ -129,7 +129,9 @@ def test_shortened_soups_study_fuses_members_of_one_and_of_two_initialisations(m
         fused(f"fusion_method={method}")
     with pytest.raises(FusionError, match="another initialisation"):
         fused("members_of=mixed", "fusion_method=uniform_soup")
-    forced = fused("members_of=mixed", "fusion_method=uniform_soup", "fusion_method.require_shared_init=false")
+    forced = fused(
+        "members_of=mixed", "fusion_method=uniform_soup", "fusion_method.uniform_soup.require_shared_init=false"
+    )
     assert forced["cost/members_used"] == 3
     runs = fetch_runs(MlflowClient(tracking_uri), ["digits_soups"], "tags.role = 'fusion'")
     assert len(runs) == 7  # the refused soup ended FAILED and is not counted

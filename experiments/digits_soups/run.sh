@@ -15,17 +15,18 @@ transfuse-train -m experiment=digits_soups/member source=a optimizer.lr=1e-4,3e-
 transfuse-train -m experiment=digits_soups/member source=b optimizer.lr=1e-4,3e-4,1e-3 seed=0 $TRAIN
 
 # 2. every fusion of the six shared-initialisation members
-transfuse-fuse -m experiment=digits_soups/fuse \
-  fusion_method=best_member,uniform_soup,greedy_soup,logit_mean,prob_mean,vote,weighted,stacking,feature_concat $COMMON
+# (one job: the members run over the data once, and each method logs its own run)
+transfuse-fuse experiment=digits_soups/fuse \
+  "fusion_method=[best_member,uniform_soup,greedy_soup,logit_mean,prob_mean,vote,weighted,stacking,feature_concat]" $COMMON
 # the distilled student: one ResNet-18 from source a trained on the logit ensemble's soft targets
 transfuse-fuse experiment=digits_soups/fuse fusion_method=distill \
-  "fusion_method.student_init=\"tags.role = 'source' and tags.source = 'a' and tags.study_run = '$STUDY_RUN'\"" $COMMON
+  "fusion_method.distill.student_init=\"tags.role = 'source' and tags.source = 'a' and tags.study_run = '$STUDY_RUN'\"" $COMMON
 # the uniform soup of the four gentler fine-tunes only (lr 1e-4 and 3e-4)
 transfuse-fuse experiment=digits_soups/fuse fusion_method=uniform_soup tags.pool=a_low_lr $COMMON \
   "pool.filter=\"tags.role = 'member' and tags.study_run = '$STUDY_RUN' and tags.source = 'a' and params.\`optimizer.lr\` != '0.001'\""
 # 3. members of two initialisations: the soup has to be forced (require_shared_init=false)
-transfuse-fuse -m experiment=digits_soups/fuse members_of=mixed fusion_method=best_member,logit_mean $COMMON
-transfuse-fuse experiment=digits_soups/fuse members_of=mixed fusion_method=uniform_soup fusion_method.require_shared_init=false \
+transfuse-fuse experiment=digits_soups/fuse members_of=mixed "fusion_method=[best_member,logit_mean]" $COMMON
+transfuse-fuse experiment=digits_soups/fuse members_of=mixed fusion_method=uniform_soup fusion_method.uniform_soup.require_shared_init=false \
   $COMMON
 
 transfuse-report --experiment digits_soups --filter "tags.study_run = '$STUDY_RUN' and tags.role = 'fusion'" \

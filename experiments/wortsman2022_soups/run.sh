@@ -13,7 +13,7 @@ transfuse-train experiment=digits_soups/source source=a seed=0 last_checkpoint=n
 transfuse-train -m experiment=digits_soups/member source=a optimizer.lr=1e-4,3e-4,1e-3 seed=0,1 \
   last_checkpoint=none $COMMON
 # 2. the paper's rows: best member (by validation), uniform and greedy soups, output ensembles
-transfuse-fuse -m experiment=digits_soups/fuse fusion_method=best_member,uniform_soup,greedy_soup,logit_mean,prob_mean \
+transfuse-fuse experiment=digits_soups/fuse "fusion_method=[best_member,uniform_soup,greedy_soup,logit_mean,prob_mean]" \
   $COMMON
 
 transfuse-report --experiment digits_soups --filter "tags.study_run = '$STUDY_RUN' and tags.role = 'fusion' \

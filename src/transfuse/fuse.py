@@ -11,58 +11,95 @@ model and any fusion weights; soups and students are saved as ``checkpoints/best
 from __future__ import annotations
 
 import logging
+import math
+from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from transfuse.cli_help import print_help_if_asked
 from transfuse.config import CONF_DIR, register_resolvers
-from transfuse.sweeps import config_hash, run_job
+from transfuse.errors import ConfigError
+from transfuse.sweeps import config_hash, run_job, run_or_reuse
 from transfuse.tracking.tags import HASH_TAG
+
+if TYPE_CHECKING:
+    from transfuse.fusion.methods import FusionMethod
+    from transfuse.fusion.pool import Pool
 
 log = logging.getLogger("transfuse")
 register_resolvers()
 
 
+def method_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """One config per method of ``cfg.fusion_method`` (a ``{name: method config}`` node), each holding only its
+    own method and tagged with its name: every method is its own run, with its own config hash."""
+    if not cfg.fusion_method:
+        raise ConfigError("fusion_method is empty: name one, e.g. fusion_method=logit_mean, or a list [a,b]")
+    configs = {}
+    for name in cfg.fusion_method:
+        one = cfg.copy()
+        with open_dict(one):
+            one.fusion_method = {name: cfg.fusion_method[name]}
+            one.tags.method = name
+        configs[name] = one
+    return configs
+
+
 def fuse(cfg: DictConfig) -> dict[str, float]:
-    """Fuse the members on ``cfg.data`` with ``cfg.fusion_method``; return the logged metrics."""
+    """Fuse the members on ``cfg.data`` with each method of ``cfg.fusion_method``, one run per method.
+
+    The members are loaded and run over the data once, however many methods there are. Returns the logged
+    metrics of the single method, or, with several, of the one with the best ``return_metric``.
+    """
     import lightning as L
     from hydra.utils import instantiate
 
-    from transfuse.fusion.evaluate import fused_metrics
     from transfuse.fusion.members import find_members, load_member
     from transfuse.fusion.pool import Pool
-    from transfuse.fusion.students import Students
     from transfuse.models.build import build_model
-    from transfuse.models.summary import summarise_predictions
-    from transfuse.tracking import artifacts
-    from transfuse.tracking.run import tracked_run
     from transfuse.tracking.store import open_store
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    configs = method_configs(cfg)
     datamodule = instantiate(cfg.data)
     class_names = datamodule.class_names
-    method = instantiate(cfg.fusion_method)
-    if method.trains_student:  # a wrong student config (an unknown backbone.name) fails before any run opens
+    methods = {name: instantiate(one.fusion_method[name]) for name, one in configs.items()}
+    if any(m.trains_student for m in methods.values()):  # a wrong student (unknown backbone.name) fails here
         build_model(cfg, class_names, teacher=lambda raw: raw)
     client = open_store(cfg.logger.tracking_uri)
     runs = find_members(client, cfg.pool.runs, cfg.pool.filter, cfg.pool.experiments)
     members = [load_member(client, r, class_names) for r in runs]
     splits = datamodule.splits
     pool = Pool.predict(members, {s: splits[s].images for s in splits}, {s: splits[s].labels for s in splits})
+    results = {
+        name: run_or_reuse(one, lambda c, name=name: fuse_one(c, methods[name], pool, runs, datamodule))
+        for name, one in configs.items()
+    }
+    return max(results.values(), key=lambda metrics: metrics.get(cfg.return_metric, -math.inf))
+
+
+def fuse_one(cfg: DictConfig, method: FusionMethod, pool: Pool, runs: list, datamodule: object) -> dict[str, float]:
+    """One method's run: fuse the pool, score the result beside the members, log it (and its weights)."""
+    from transfuse.fusion.evaluate import fused_metrics
+    from transfuse.fusion.students import Students
+    from transfuse.models.summary import summarise_predictions
+    from transfuse.tracking import artifacts
+    from transfuse.tracking.run import tracked_run
+
+    class_names = datamodule.class_names
     tags = {**cfg.tags, HASH_TAG: config_hash(cfg)}
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags) as run:
         run.log_config(cfg)
         run.log_members(runs)
         students = Students(cfg, datamodule, run)
-        log.info("fusing %d members with %s", len(members), type(method).__name__)
+        log.info("fusing %d members with %s", len(pool.members), type(method).__name__)
         fused = method.fuse(pool, students)
         metrics = fused_metrics(fused, pool, len(class_names), cfg.latency_images)
         run.log_metrics(metrics)
         if cfg.logger.plots:  # confusion matrix and reliability of the fused test predictions, as a run draws them
-            summary = summarise_predictions(
-                fused.logits["test"], pool.labels["test"], len(class_names), cfg.model.ece_bins
-            )
+            test_logits, test_labels = fused.logits["test"], pool.labels["test"]
+            summary = summarise_predictions(test_logits, test_labels, len(class_names), cfg.model.ece_bins)
             artifacts.log_plots(run, summary, class_names, curves=bool(students.trained))
         if fused.state_dict is not None:
             artifacts.log_state_dict(run, fused.state_dict, class_names)
@@ -75,7 +112,7 @@ SUMMARY = "Fuse trained runs (ensembles, soups, feature heads, distillation) on 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="fuse")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.return_metric`` for sweepers (NaN when missing)."""
-    return run_job(cfg, fuse, cfg.return_metric, "transfuse-fuse")
+    return run_job(cfg, fuse, cfg.return_metric, "transfuse-fuse", reuse=False)
 
 
 def main() -> None:

@@ -139,12 +139,19 @@ def input_error(err: BaseException) -> TransfuseError | None:
     return None
 
 
-def run_job(cfg: DictConfig, task: Callable[[DictConfig], dict[str, float]], return_metric: str, prog: str) -> float:
+def run_job(
+    cfg: DictConfig,
+    task: Callable[[DictConfig], dict[str, float]],
+    return_metric: str,
+    prog: str,
+    reuse: bool = True,
+) -> float:
     """What every entry point does with one Hydra job: run or reuse it and return ``return_metric`` for
     sweepers (NaN when the run has none). An input error ends a single run with one line naming ``prog``;
-    in a multirun it is raised so that Hydra stops the sweep and says which job failed."""
+    in a multirun it is raised so that Hydra stops the sweep and says which job failed. ``reuse=False``
+    leaves the skip check to the task (``transfuse-fuse`` checks each of its runs)."""
     try:
-        metrics = run_or_reuse(cfg, task)
+        metrics = run_or_reuse(cfg, task) if reuse else task(cfg)
     except Exception as err:
         cause = input_error(err)
         if cause is None:
