@@ -60,9 +60,10 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
     return lambda *overrides: compose_config(list(overrides), tmp_path)
 
 
-def run_cli(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m <module> <args>`` as a user would type it, in ``cwd``, with the default tracking store."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def run_cli(module: str, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as a user would type it, in ``cwd``, with the default tracking store
+    (``env``: extra environment variables)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )

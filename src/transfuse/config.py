@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -41,20 +43,32 @@ def timm_default(name: str, field: str):
     return OmegaConf.create(list(value)) if isinstance(value, tuple) else value
 
 
+#: this process's part of an output folder name: two runs started in the same second (on one host or on several
+#: sharing a file system) never share a folder, and every path of one run names the same folder
+PROCESS_ID = f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def process_id() -> str:
+    """``${uid:}``: see :data:`PROCESS_ID`."""
+    return PROCESS_ID
+
+
 def selection_tag(monitor: str) -> str:
     """How a run selects its checkpoint: ``target_oracle`` when it peeks at target validation labels."""
     return "target_oracle" if monitor.startswith("val_target/") else "source_val"
 
 
 def register_resolvers() -> None:
-    """Register ``${timm:<model>,<field>}``, ``${selection_tag:<monitor>}`` and ``${len:<list>}``; safe to call
-    more than once."""
+    """Register ``${timm:<model>,<field>}``, ``${selection_tag:<monitor>}``, ``${len:<list>}`` and ``${uid:}``;
+    safe to call more than once."""
     if not OmegaConf.has_resolver("timm"):
         OmegaConf.register_new_resolver("timm", timm_default)
     if not OmegaConf.has_resolver("selection_tag"):
         OmegaConf.register_new_resolver("selection_tag", selection_tag)
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", len)
+    if not OmegaConf.has_resolver("uid"):
+        OmegaConf.register_new_resolver("uid", process_id)
 
 
 def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -27,3 +27,16 @@ class FusionError(TransfuseError):
 
 class ReportError(TransfuseError):
     """A report cannot be made from the selection (no such experiment, key or run); ``transfuse-report`` prints it."""
+
+
+class Preempted(BaseException):
+    """The job received SIGTERM or SIGUSR1 (a scheduler preempting it); raised at the next batch boundary.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum

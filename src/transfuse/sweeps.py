@@ -12,6 +12,9 @@ import hashlib
 import json
 import logging
 import math
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,7 +24,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from transfuse.errors import TransfuseError
+from transfuse.errors import Preempted, TransfuseError
 from transfuse.tracking.tags import HASH_TAG, SWEEPS_TAG
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ NOT_HASHED = (
     "paths",
     "logger",
     "resume",
+    "checkpoint",
     "print_config",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
@@ -124,6 +128,13 @@ def run_or_reuse(
     return task(cfg)
 
 
+def _requeue() -> None:
+    """Under Slurm, ask for this job to be queued again (what a ``--requeue`` job expects on preemption)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and shutil.which("scontrol"):
+        subprocess.run(["scontrol", "requeue", job], check=False, capture_output=True, timeout=30)
+
+
 def input_error(err: BaseException) -> TransfuseError | None:
     """The :class:`TransfuseError` behind ``err``: itself, or the cause Hydra's ``instantiate`` wrapped in an
     ``InstantiationException`` (a constructor refusing a config value), else None (a bug: keep the traceback)."""
@@ -152,6 +163,13 @@ def run_job(
     leaves the skip check to the task (``transfuse-fuse`` checks each of its runs)."""
     try:
         metrics = run_or_reuse(cfg, task) if reuse else task(cfg)
+    except Preempted as err:
+        _requeue()
+        print(
+            f"{prog}: preempted ({err}): the run saved its last full checkpoint; relaunch the same command to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + err.signum) from None
     except Exception as err:
         cause = input_error(err)
         if cause is None:

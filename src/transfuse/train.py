@@ -55,6 +55,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from transfuse.models.build import build_model
     from transfuse.tracking import artifacts
+    from transfuse.tracking.liveness import resume_target
+    from transfuse.tracking.resume import Preemption, ResumeCheckpoints, restore_files
     from transfuse.tracking.run import tracked_run
     from transfuse.tracking.store import open_store
     from transfuse.transferability import score_model
@@ -67,23 +69,36 @@ def train(cfg: DictConfig) -> dict[str, float]:
     client = open_store(cfg.logger.tracking_uri)
     loaded = initialise(model, init, client, datamodule.class_names, cfg.stage.on_head_mismatch)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
-    tags = {**cfg.tags, HASH_TAG: config_hash(cfg)}
-    with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags) as run:
-        run.log_config(cfg)
-        for item in loaded:
-            run.log_source(**item.record())
+    digest = config_hash(cfg)
+    resumed = resume_target(client, cfg.resume, cfg.logger.experiment_name, digest) if cfg.stage.fit else None
+    tags = {**cfg.tags, HASH_TAG: digest}
+    resume_id = resumed.info.run_id if resumed is not None else None
+    with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags, resume_id) as run:
+        if resumed is None:  # a resumed run keeps the config and sources it logged first
+            run.log_config(cfg)
+            for item in loaded:
+                run.log_source(**item.record())
         if cfg.stage.score:
             source_head = any(item.target == "init" and not item.report.head_reinitialised for item in loaded)
             run.log_metrics(score_model(model, datamodule, source_head=source_head))
-        trainer = instantiate(cfg.trainer, logger=run.logger(**cfg.logger.metrics), callbacks=callbacks)
+        checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+        if cfg.stage.fit:
+            saver = ResumeCheckpoints(checkpoints / "resume.ckpt", run, **cfg.checkpoint)
+            callbacks += [saver, Preemption()]
+        logger = run.logger(hold=cfg.stage.fit, **cfg.logger.metrics)
+        trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
         seconds: dict[str, float] = {}
         last: dict[str, float] = {}
         if cfg.stage.fit:
             start = time.perf_counter()
-            trainer.fit(model, datamodule=datamodule)
+            state = restore_files(run, checkpoints) if resumed is not None else None
+            try:
+                trainer.fit(model, datamodule=datamodule, ckpt_path=state, weights_only=True)
+            except BaseException:
+                saver.upload()  # a preempted or failed fit keeps its last full checkpoint in the run
+                raise
             seconds["time/fit_s"] = time.perf_counter() - start
-            last_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-            artifacts.log_checkpoints(run, trainer, last_path, cfg.last_checkpoint)
+            artifacts.log_checkpoints(run, trainer, checkpoints / "last.ckpt", cfg.last_checkpoint)
         if cfg.stage.test:
             best = trainer.checkpoint_callback is not None and bool(trainer.checkpoint_callback.best_model_path)
             if cfg.stage.fit and best and cfg.test_last:

@@ -20,13 +20,17 @@ class RunLogger(MLFlowLogger):
     """Logs metrics into an existing run and leaves ending it to :func:`tracked_run`.
 
     Metrics are written in batches at most every ``flush_every_s`` seconds (and when Lightning finalises the
-    logger after fit or test, on success or failure): one SQLite commit per logging call costs several
-    milliseconds, more than a cached linear-probe training step.
+    logger after fit or test): one SQLite commit per logging call costs several milliseconds, more than a
+    cached linear-probe training step.
+
+    With ``hold=True`` (a fit that saves resumable checkpoints) points are written only when :meth:`flush` is
+    called, at checkpoint boundaries: a killed fit then leaves no point past its last checkpoint in the store,
+    and the resumed fit logs each step exactly once.
     """
 
-    def __init__(self, *args: Any, flush_every_s: float = 2.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, flush_every_s: float = 2.0, hold: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.flush_every_s = flush_every_s
+        self.flush_every_s, self.hold = flush_every_s, hold
         self._pending: list[Metric] = []
         self._flushed_at = time.monotonic()
 
@@ -36,18 +40,26 @@ class RunLogger(MLFlowLogger):
         for key, value in metrics.items():
             name = re.sub(r"[^a-zA-Z0-9_/. -]+", "", key)  # the characters MLflow allows in metric names
             self._pending.append(Metric(key=name, value=float(value), timestamp=timestamp_ms, step=step or 0))
-        if time.monotonic() - self._flushed_at >= self.flush_every_s:
+        if not self.hold and time.monotonic() - self._flushed_at >= self.flush_every_s:
             self.flush()
 
     @rank_zero_only
-    def flush(self) -> None:
-        """Write every pending metric now (MLflow takes at most 1000 per batch)."""
-        for start in range(0, len(self._pending), 1000):
-            batch = self._pending[start : start + 1000]
-            self.experiment.log_batch(self.run_id, metrics=batch, **self._log_batch_kwargs)
-        self._pending.clear()
+    def flush(self, before_step: int | None = None) -> None:
+        """Write the pending points now (MLflow takes at most 1000 per batch); with ``before_step``, only those
+        logged at an earlier step (the rest belong to an epoch that has not reached its checkpoint)."""
+        if before_step is None:
+            ready, self._pending = self._pending, []
+        else:
+            ready = [m for m in self._pending if m.step < before_step]
+            self._pending = [m for m in self._pending if m.step >= before_step]
+        for start in range(0, len(ready), 1000):
+            self.experiment.log_batch(self.run_id, metrics=ready[start : start + 1000], **self._log_batch_kwargs)
         self._flushed_at = time.monotonic()
 
     def finalize(self, status: str = "success") -> None:
-        """Flush, but leave the run open: ``fit`` ends before ``test`` logs into the same run."""
+        """Flush, but leave the run open: ``fit`` ends before ``test`` logs into the same run. A held logger
+        of a fit that failed or was stopped drops what it holds: the resumed fit logs those steps again."""
+        if self.hold and status != "success":
+            self._pending.clear()
+            return
         self.flush()

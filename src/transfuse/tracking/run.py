@@ -19,8 +19,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, Run, RunStatus
 from omegaconf import DictConfig, OmegaConf
 
-from transfuse.tracking.query import SOURCE_RUN_TAG, SOURCE_TAG, SWEEPS_TAG
+from transfuse.errors import Preempted
+from transfuse.tracking.liveness import Heartbeat
 from transfuse.tracking.store import artifact_location, open_store, store_lock
+from transfuse.tracking.tags import PREEMPTED_TAG, RESUMED_TAG, SOURCE_RUN_TAG, SOURCE_TAG, SWEEPS_TAG
 
 if TYPE_CHECKING:
     from transfuse.tracking.logger import RunLogger
@@ -149,9 +151,15 @@ class TrackedRun:
 
 @contextmanager
 def tracked_run(
-    tracking_uri: str, experiment_name: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
+    tracking_uri: str,
+    experiment_name: str,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[TrackedRun]:
-    """Open a run and always close it: FINISHED on success, FAILED (with the error as a tag) otherwise."""
+    """Open a run and always close it: FINISHED on success, KILLED when stopped (Ctrl+C, preemption; a preempted
+    run is tagged ``preempted``), FAILED with the error as a tag otherwise. ``resume_run_id`` reopens that run
+    (a relaunch resuming a killed job) instead of creating one. While open, the run carries a heartbeat."""
     client = open_store(tracking_uri)
     with store_lock(tracking_uri):  # two jobs of a parallel sweep must not both create the experiment
         experiment = client.get_experiment_by_name(experiment_name)
@@ -170,18 +178,32 @@ def tracked_run(
         **hydra_tags(),
         **{k: str(v) for k, v in (tags or {}).items()},
     }
-    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-    run_id = run.info.run_id
-    log.info("MLflow run %s (%s) in experiment %r at %s", run_id, run_name, experiment_name, tracking_uri)
+    if resume_run_id is None:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        log.info("MLflow run %s (%s) in experiment %r at %s", run_id, run_name, experiment_name, tracking_uri)
+    else:
+        run_id = resume_run_id
+        previous = client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+        times = int(previous.data.tags.get(RESUMED_TAG, "0")) + 1
+        for key, value in {**all_tags, RESUMED_TAG: str(times), PREEMPTED_TAG: "false"}.items():
+            client.set_tag(run_id, key, value)
+        log.info("MLflow run %s (%s) resumed (time %d) at %s", run_id, previous.info.run_name, times, tracking_uri)
+    heartbeat = Heartbeat(client, run_id).start()
     try:
         yield TrackedRun(client, run_id, experiment_id)
     except BaseException as err:
-        status = RunStatus.to_string(RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED)
+        stopped = not isinstance(err, Exception)  # KeyboardInterrupt, Preempted, SystemExit
+        status = RunStatus.to_string(RunStatus.KILLED if stopped else RunStatus.FAILED)
         try:
+            heartbeat.stop()
             mlflow.flush_async_logging()  # metrics queued by an asynchronous logger land before the status
             client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:MAX_PARAM_LENGTH])
+            if isinstance(err, Preempted):
+                client.set_tag(run_id, PREEMPTED_TAG, "true")
         finally:
             client.set_terminated(run_id, status)
         raise
+    heartbeat.stop()
     mlflow.flush_async_logging()
     client.set_terminated(run_id, "FINISHED")

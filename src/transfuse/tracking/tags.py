@@ -9,3 +9,11 @@ SWEEPS_TAG = "sweeps"
 SOURCE_RUN_TAG = "source_run_id"
 #: tag holding the ``init.weights`` source a run started from (a path, ``runs:/...`` or ``timm``)
 SOURCE_TAG = "init.source"
+#: host name and process id of the process that runs (or last ran) a run
+HOST_TAG, PID_TAG = "host", "pid"
+#: unix time of the run's last sign of life, refreshed while it runs
+HEARTBEAT_TAG = "heartbeat"
+#: "true" on a run stopped by SIGTERM or SIGUSR1 (preemption): a relaunch resumes it
+PREEMPTED_TAG = "preempted"
+#: how many times a run was resumed after its process was killed or preempted
+RESUMED_TAG = "resumed"

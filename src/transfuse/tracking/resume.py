@@ -1,0 +1,207 @@
+"""A killed or preempted fit resumes into its own MLflow run (finding that run is
+:mod:`transfuse.tracking.liveness`'s job).
+
+- :class:`ResumeCheckpoints`: a full checkpoint (weights, optimiser, schedulers, loop state and RNG states) at
+  epoch ends, uploaded to the run as ``checkpoints/resume.ckpt``; the run's metric points are written at the
+  same boundaries, so the store never holds a point the resumed fit will log again;
+- :class:`Preemption`: SIGTERM and SIGUSR1 (what Slurm sends before preempting) stop the fit after the current
+  batch; the flow then uploads the last full checkpoint, the run ends KILLED and tagged ``preempted``, and the
+  command exits with 128 + the signal number (under Slurm after asking ``scontrol requeue``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from transfuse.errors import Preempted
+
+if TYPE_CHECKING:
+    from transfuse.tracking.logger import RunLogger
+    from transfuse.tracking.run import TrackedRun
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RESUME_ARTIFACT", "Preempted", "Preemption", "ResumeCheckpoints", "restore_files"]
+
+#: artifact path of the resumable checkpoint, and of the best one so far (uploaded beside it)
+RESUME_ARTIFACT = "checkpoints/resume.ckpt"
+BEST_ARTIFACT = "checkpoints/best.ckpt"
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random state a fit draws from, so a resumed fit draws what the uninterrupted one would have.
+
+    Only tensors, strings and numbers, so the checkpoint loads with ``torch.load(weights_only=True)``.
+    """
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Put back what :func:`rng_states` saved."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumeCheckpoints(Callback):
+    """Saves a full checkpoint at the end of every ``every_n_epochs``-th epoch (or of the first epoch that ends
+    ``every_minutes`` after the last save), uploads it to the run, and writes the run's held metric points.
+
+    Args:
+        path: the local file (in the run's own output folder).
+        run: the tracked run the checkpoint is uploaded to.
+        every_n_epochs: save every n epochs (None: only by time).
+        every_minutes: also save at the first epoch end this long after the last save (None: only by epochs).
+    """
+
+    def __init__(
+        self, path: Path, run: TrackedRun, every_n_epochs: int | None = 1, every_minutes: float | None = None
+    ) -> None:
+        self.path, self.run = Path(path), run
+        self.every_n_epochs, self.every_minutes = every_n_epochs, every_minutes
+        self._saved_at = time.monotonic()
+        #: the best checkpoint so far (ModelCheckpoint's), uploaded with the full one
+        self.best: str | None = None
+        #: whether the file at ``path`` is newer than the uploaded one
+        self.unsent = False
+
+    def _logger(self, trainer: Trainer) -> RunLogger | None:
+        from transfuse.tracking.logger import RunLogger
+
+        return trainer.logger if isinstance(trainer.logger, RunLogger) else None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # the previous epoch's last points (its epoch metrics are logged after on_train_epoch_end); points of
+        # this epoch (a learning rate logged at its start) wait for its checkpoint
+        if (logger := self._logger(trainer)) is not None:
+            logger.flush(before_step=trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        by_epoch = self.every_n_epochs is not None and epoch % self.every_n_epochs == 0
+        by_time = self.every_minutes is not None and time.monotonic() - self._saved_at >= 60 * self.every_minutes
+        if not (by_epoch or by_time):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_suffix(".tmp")
+        trainer.save_checkpoint(staging)
+        os.replace(staging, self.path)  # a kill while writing leaves the previous checkpoint whole
+        self._saved_at = time.monotonic()
+        callback = trainer.checkpoint_callback
+        self.best = callback.best_model_path if callback is not None and callback.best_model_path else None
+        self.unsent = True
+        self.upload()
+
+    def upload(self) -> None:
+        """Send the latest local checkpoint, and the best one so far, to the run (no-op when sent already)."""
+        if not (self.unsent and self.path.is_file()):
+            return
+        staging = self.path.parent / "upload"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        shutil.copyfile(self.path, staging / Path(RESUME_ARTIFACT).name)
+        if self.best is not None and Path(self.best).is_file():
+            shutil.copyfile(self.best, staging / Path(BEST_ARTIFACT).name)
+        self.run.client.log_artifacts(self.run.run_id, str(staging), str(Path(RESUME_ARTIFACT).parent))
+        shutil.rmtree(staging, ignore_errors=True)
+        self.unsent = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a resumed fit restores ModelCheckpoint's best path from the killed launch's folder: point it at the
+        # copy downloaded from the run (or forget it, if that launch saved none)
+        callback = trainer.checkpoint_callback
+        if callback is None or not callback.best_model_path or Path(callback.best_model_path).is_file():
+            return
+        copy = self.path.parent / "resumed" / Path(BEST_ARTIFACT).name
+        score = callback.best_model_score
+        callback.best_k_models = {str(copy): score} if copy.is_file() and score is not None else {}
+        callback.best_model_path = str(copy) if callback.best_k_models else ""
+        callback.kth_best_model_path = callback.best_model_path
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["transfuse_rng"] = rng_states()
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if "transfuse_rng" in checkpoint:
+            set_rng_states(checkpoint["transfuse_rng"])
+
+
+def restore_files(run: TrackedRun, checkpoints: Path) -> str | None:
+    """Download a resumed run's full checkpoint (and its best one so far) into this launch's ``checkpoints``
+    folder; returns the full checkpoint's path, or None when the killed fit saved none (it starts over, in the
+    same run)."""
+    from mlflow.exceptions import MlflowException
+
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    try:
+        local = run.client.download_artifacts(run.run_id, RESUME_ARTIFACT, str(checkpoints / "resumed"))
+    except (MlflowException, OSError):
+        log.warning("run %s has no %s: its fit starts over, in the same run", run.run_id, RESUME_ARTIFACT)
+        return None
+    with contextlib.suppress(MlflowException, OSError):
+        run.client.download_artifacts(run.run_id, BEST_ARTIFACT, str(checkpoints / "resumed"))
+    return local
+
+
+class Preemption(Callback):
+    """Turns SIGTERM and SIGUSR1 into :class:`Preempted` at the next batch boundary (keeping any handler that
+    was there, e.g. Lightning's own)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+
+    def _check(self) -> None:
+        if self.received is not None:
+            raise Preempted(self.received)
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
