@@ -137,7 +137,11 @@ def main() -> None:
         work = root / "cwd"
         work.mkdir()
         env = clean_env()
-        run_env = clean_env(PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS_DIR), os.environ.get("PYTHONPATH")])))
+        run_env = clean_env(
+            PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS_DIR), os.environ.get("PYTHONPATH")])),
+            HYDRA_FULL_ERROR="1",  # a failed run shows its traceback below the table
+        )
+        failures: list[str] = []
         train = str(bin_dir / "transfuse-train")
         cases = [
             Case("python -c 'import torch'  (floor)", [python, "-c", "import torch"], target=None),
@@ -213,6 +217,7 @@ def main() -> None:
             marks = [float(line.split()[1]) for line in stdout.splitlines() if line.startswith(MARKER)]
             if rc != 0 or not marks:
                 first_step.problems.append(f"no first-step marker (exit {rc}): {last_line(stderr)!r}")
+                failures.append(f"round {repeat}, exit {rc}, stderr ends:\n" + "\n".join(stderr.splitlines()[-25:]))
                 continue
             whole.times.append(seconds)
             first_step.times.append(marks[0] - started)
@@ -242,6 +247,8 @@ def main() -> None:
             print(f"{name:<8} per round (s): " + ", ".join(f"{t:.2f}" for t in case.times))
         print(f"(a) cumulative import times (-X importtime, first round): {breakdown}")
         print(f"creating an empty MLflow SQLite store (migrations; once per store, not in (b)): {store_s:.2f} s")
+        for failure in failures:
+            print(f"tiny run failed in {failure}")
         shown = [line.strip() for line in cases[-1].stderr.splitlines() if line.strip()]
         print(f"config error shown ({len(shown)} lines): {' | '.join(shown[:2])}")
 

@@ -30,6 +30,7 @@ def test_logger_writes_at_once_when_the_interval_is_zero(tracking_uri):
     with tracked_run(tracking_uri, "logging", "immediate") as run:
         logger = run.logger(flush_every_s=0.0, synchronous=True)
         logger.log_metrics({"val/acc": 0.25}, step=3)
+        run.sender.drain()  # written from the background thread, without waiting for a flush interval
         assert _history(run.client, run.run_id, "val/acc") == [(3, 0.25)]
 
 

@@ -40,3 +40,7 @@ class Preempted(BaseException):
 
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+
+
+class StoreError(TransfuseError):
+    """The tracking store cannot be reached or opened."""

@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from transfuse.errors import Preempted, TransfuseError
+from transfuse.overrides import check_job_overrides
 from transfuse.tracking.tags import HASH_TAG, SWEEPS_TAG
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ def run_job(
     in a multirun it is raised so that Hydra stops the sweep and says which job failed. ``reuse=False``
     leaves the skip check to the task (``transfuse-fuse`` checks each of its runs)."""
     try:
+        check_job_overrides(cfg)  # a typo taken as a new key (+optimzer.lr=0.1) would be silently ignored
         metrics = run_or_reuse(cfg, task) if reuse else task(cfg)
     except Preempted as err:
         _requeue()

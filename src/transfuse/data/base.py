@@ -118,12 +118,22 @@ class InMemoryImageDataModule(L.LightningDataModule):
         """Return the splits the dataset defines (any of ``train``, ``val``, ``test``) and the class names."""
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """Where the images come from, for error messages (a preset that reads files names its folders)."""
+        return f"dataset {type(self).__name__}"
+
     # --- shared behaviour -----------------------------------------------------------------------------------
     @property
     def splits(self) -> dict[str, ImageTensors]:
         """The three splits, loaded and carved on first use (idempotent, so Lightning may call setup often)."""
         if self._splits is None:
-            given, self._class_names = self.load()
+            given, class_names = self.load()
+            if len(class_names) < 2:  # torchmetrics would refuse it later, in a message that names no dataset
+                raise DataError(
+                    f"{self.describe()} has {len(class_names)} class ({', '.join(map(str, class_names))}); "
+                    "a classifier needs at least two classes"
+                )
+            self._class_names = class_names
             self._splits = self._carve(given)
             log.info("%s: %s", type(self).__name__, ", ".join(f"{k}={len(v)}" for k, v in self._splits.items()))
         return self._splits

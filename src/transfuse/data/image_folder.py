@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+ON_EMPTY_CLASS = ("error", "skip")
 
 
 def _decode(path: Path, size: int, mode: str) -> np.ndarray:
@@ -47,6 +48,37 @@ def split_roots(root: Path) -> dict[str, Path]:
     return found or {"train": root}
 
 
+def scan_classes(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """The image files of each class folder of ``root`` (``{class: files}``) and the class folders holding none."""
+    classes, empty = {}, []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if files:
+            classes[folder.name] = files
+        else:
+            empty.append(folder)
+    return classes, empty
+
+
+def check_on_empty_class(on_empty_class: str) -> None:
+    if on_empty_class not in ON_EMPTY_CLASS:
+        raise ConfigError(f"on_empty_class must be one of {ON_EMPTY_CLASS}, got {on_empty_class!r}")
+
+
+def refuse_empty(empty: list[Path], on_empty_class: str, shown: int = 10) -> None:
+    """Refuse class folders without images, since dropping one silently changes the classes a model learns;
+    ``on_empty_class="skip"`` leaves them out with one warning line that lists them."""
+    if not empty:
+        return
+    listing = ", ".join(map(str, empty[:shown])) + (f" and {len(empty) - shown} more" if len(empty) > shown else "")
+    if on_empty_class == "error":
+        raise DataError(
+            f"{len(empty)} class folder(s) hold no images: {listing} "
+            "(add images, remove the folders or set data.on_empty_class=skip)"
+        )
+    log.warning("skipped %d class folder(s) without images: %s", len(empty), listing)
+
+
 class ImageFolder(InMemoryImageDataModule):
     """Reads ``root/<class>/<image>`` or ``root/{train,val,test}/<class>/<image>`` into memory once.
 
@@ -56,6 +88,8 @@ class ImageFolder(InMemoryImageDataModule):
         mode: PIL mode to decode to (``RGB`` or ``L``).
         on_corrupt: ``error`` refuses the dataset and lists unreadable files; ``skip`` leaves them out and
             logs every path and the count, so nothing disappears silently.
+        on_empty_class: ``error`` refuses a class folder without images, naming it; ``skip`` leaves it out (the
+            class does not exist) and logs the folders in one warning line.
         max_memory_gb: refuse to load more than this many GB of pixels (lower ``load_size`` instead).
         workers: threads used for decoding.
     """
@@ -66,6 +100,7 @@ class ImageFolder(InMemoryImageDataModule):
         load_size: int = 64,
         mode: str = "RGB",
         on_corrupt: str = "error",
+        on_empty_class: str = "error",
         max_memory_gb: float = 8.0,
         workers: int = 4,
         **kwargs,
@@ -73,24 +108,22 @@ class ImageFolder(InMemoryImageDataModule):
         super().__init__(**kwargs)
         if on_corrupt not in ("error", "skip"):
             raise ConfigError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
+        check_on_empty_class(on_empty_class)
         self.root, self.load_size, self.mode = Path(root).expanduser(), load_size, mode
-        self.on_corrupt, self.max_memory_gb, self.workers = on_corrupt, max_memory_gb, workers
+        self.on_corrupt, self.on_empty_class = on_corrupt, on_empty_class
+        self.max_memory_gb, self.workers = max_memory_gb, workers
         self.skipped: list[tuple[Path, str]] = []
 
     def _split_roots(self) -> dict[str, Path]:
         return split_roots(self.root)
 
-    @staticmethod
-    def _scan(root: Path) -> dict[str, list[Path]]:
-        classes = {}
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if files:
-                classes[folder.name] = files
-        return classes
+    def describe(self) -> str:
+        return f"image folder {self.root}"
 
     def load(self) -> tuple[dict[str, ImageTensors], list[str]]:
-        scanned = {split: self._scan(path) for split, path in self._split_roots().items()}
+        found = {split: scan_classes(path) for split, path in self._split_roots().items()}
+        refuse_empty([folder for _, empty in found.values() for folder in empty], self.on_empty_class)
+        scanned = {split: classes for split, (classes, _) in found.items()}
         class_names = sorted(scanned["train"])
         if not class_names:
             raise DataError(f"no images found under {self._split_roots()['train']} (expected <class>/<image> folders)")

@@ -19,7 +19,7 @@ from PIL import UnidentifiedImageError
 from torch import Tensor
 
 from transfuse.data.base import ImageTensors, InMemoryImageDataModule
-from transfuse.data.image_folder import ImageFolder, _decode, split_roots
+from transfuse.data.image_folder import _decode, check_on_empty_class, refuse_empty, scan_classes, split_roots
 from transfuse.data.packaged import DIGIT_CLASSES, mnist5k_arrays
 from transfuse.errors import ConfigError, DataError
 
@@ -161,18 +161,34 @@ class PairedFolder(ViewData):
         roots: one folder per view.
         load_size: images are stored at this square size.
         mode: PIL mode every view is decoded to (``RGB`` or ``L``).
+        on_empty_class: ``error`` refuses a class folder without images in any root, naming it; ``skip`` leaves
+            it out and logs the folders in one warning line.
         workers: threads used for decoding.
     """
 
-    def __init__(self, roots: Sequence[str], load_size: int = 64, mode: str = "RGB", workers: int = 4, **kwargs):
+    def __init__(
+        self,
+        roots: Sequence[str],
+        load_size: int = 64,
+        mode: str = "RGB",
+        on_empty_class: str = "error",
+        workers: int = 4,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if len(roots) < 1:
             raise ConfigError("paired_folder needs at least one root")
+        check_on_empty_class(on_empty_class)
         self.roots = [Path(r).expanduser() for r in roots]
-        self.load_size, self.mode, self.workers = load_size, mode, workers
+        self.load_size, self.mode, self.on_empty_class, self.workers = load_size, mode, on_empty_class, workers
+
+    def describe(self) -> str:
+        return f"paired folders {', '.join(map(str, self.roots))}"
 
     def load_views(self) -> tuple[dict[str, ImageTensors], list[str]]:
-        scans = [{split: ImageFolder._scan(p) for split, p in split_roots(root).items()} for root in self.roots]
+        found = [{split: scan_classes(p) for split, p in split_roots(root).items()} for root in self.roots]
+        refuse_empty([f for scan in found for _, empty in scan.values() for f in empty], self.on_empty_class)
+        scans = [{split: classes for split, (classes, _) in scan.items()} for scan in found]
         first = scans[0]
         for root, scan in zip(self.roots[1:], scans[1:], strict=True):
             if set(scan) != set(first):

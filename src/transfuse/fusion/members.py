@@ -84,7 +84,10 @@ def find_members(
     """The member runs: ``run_ids`` in the given order, or the FINISHED runs matching an MLflow filter
     (oldest first). Exactly one of the two must be given; every member must have FINISHED."""
     run_ids = list(dict.fromkeys(str(r) for r in run_ids or ()))
-    if bool(run_ids) == bool(query):
+    query = (query or "").strip() or None  # a blank filter would match every FINISHED run
+    if not run_ids and not query:
+        raise FusionError('no members: give pool.runs=[<run id>,...] or pool.filter="<MLflow filter>"')
+    if run_ids and query:
         raise FusionError('give the members as pool.runs=[<run id>,...] or pool.filter="<MLflow filter>", not both')
     if query:
         ids = experiment_ids(client, experiments, error=FusionError)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from transfuse.errors import ReportError, TransfuseError
-from transfuse.report.query import CHECKPOINTS, DEFAULT_URI, checkpoint_metric, fetch_runs
+from transfuse.report.query import CHECKPOINTS, DEFAULT_URI, check_store, checkpoint_metric, fetch_runs
 from transfuse.report.render import curve_axis, draw_bar, draw_curve, to_csv, to_latex, to_markdown
 from transfuse.report.table import ERRORS, build_table, summarise
 
@@ -144,6 +144,7 @@ def make_report(args: argparse.Namespace) -> None:
         raise ReportError("several metrics become columns themselves; drop --columns")
     if not rows:
         raise ReportError("--rows needs at least one key")
+    check_store(args.tracking_uri)
     try:
         runs = fetch_runs(MlflowClient(args.tracking_uri), args.experiment, args.filter, sweeps)
         if sweeps and not runs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transfuse.errors import ReportError
@@ -87,6 +88,33 @@ def checkpoint_metric(metric: str, checkpoint: str) -> str:
     if checkpoint == "last" and split in ("test", "test_source") and rest:
         return f"{split.replace('test', 'test_last', 1)}/{rest}"
     return metric
+
+
+def check_store(tracking_uri: str) -> None:
+    """Refuse a ``sqlite:`` store whose file does not exist: MLflow would create an empty database there, and the
+    report of a mistyped path would only say that the experiment is missing.
+
+    Raises:
+        ReportError: naming the path the URI points to.
+    """
+    if not tracking_uri.startswith("sqlite:"):
+        return
+    from sqlalchemy.engine import make_url  # MLflow's own dependency; parses the URI as MLflow will
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(tracking_uri).database
+    except ArgumentError:
+        raise ReportError(
+            f"cannot parse the tracking URI {tracking_uri!r}: a SQLite store is sqlite:///<relative path> or "
+            "sqlite:////<absolute path>"
+        ) from None
+    path = Path(database).expanduser().absolute() if database and database != ":memory:" else None
+    if path is not None and not path.is_file():
+        raise ReportError(
+            f"no MLflow store at {path} (from {tracking_uri}); check --tracking-uri: a report only reads a store "
+            "and does not create one"
+        )
 
 
 def fetch_runs(

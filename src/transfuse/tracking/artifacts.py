@@ -92,6 +92,7 @@ def log_plots(
 
     if logger is not None:
         logger.flush()
+    run.sender.drain()  # the history drawn is complete
     drawn = {}
     history = {panel: epoch_curves(run.client, run.run_id, lines) for panel, lines in CURVE_KEYS.items()}
     if curves and any(points for panel in history.values() for points in panel.values()):

@@ -9,11 +9,15 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric
+
+if TYPE_CHECKING:
+    from transfuse.tracking.sender import Sender
 
 
 class RunLogger(MLFlowLogger):
@@ -28,9 +32,11 @@ class RunLogger(MLFlowLogger):
     and the resumed fit logs each step exactly once.
     """
 
-    def __init__(self, *args: Any, flush_every_s: float = 2.0, hold: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, flush_every_s: float = 2.0, hold: bool = False, sender: Sender | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.flush_every_s, self.hold = flush_every_s, hold
+        self.flush_every_s, self.hold, self.sender = flush_every_s, hold, sender
         self._pending: list[Metric] = []
         self._flushed_at = time.monotonic()
 
@@ -53,8 +59,15 @@ class RunLogger(MLFlowLogger):
             ready = [m for m in self._pending if m.step < before_step]
             self._pending = [m for m in self._pending if m.step >= before_step]
         for start in range(0, len(ready), 1000):
-            self.experiment.log_batch(self.run_id, metrics=ready[start : start + 1000], **self._log_batch_kwargs)
+            batch = ready[start : start + 1000]
+            if self.sender is None:
+                self.experiment.log_batch(self.run_id, metrics=batch, **self._log_batch_kwargs)
+            else:  # sent from the background: an unreachable server does not stop training
+                self.sender.submit(f"{len(batch)} metric points", partial(self._send, batch))
         self._flushed_at = time.monotonic()
+
+    def _send(self, batch: list[Metric]) -> None:
+        self.experiment.log_batch(self.run_id, metrics=batch, **self._log_batch_kwargs)
 
     def finalize(self, status: str = "success") -> None:
         """Flush, but leave the run open: ``fit`` ends before ``test`` logs into the same run. A held logger
@@ -63,3 +76,5 @@ class RunLogger(MLFlowLogger):
             self._pending.clear()
             return
         self.flush()
+        if self.sender is not None:
+            self.sender.drain()

@@ -87,6 +87,7 @@ class ResumeCheckpoints(Callback):
         self._saved_at = time.monotonic()
         #: the best checkpoint so far (ModelCheckpoint's), uploaded with the full one
         self.best: str | None = None
+        self._uploads = 0
         #: whether the file at ``path`` is newer than the uploaded one
         self.unsent = False
 
@@ -118,17 +119,25 @@ class ResumeCheckpoints(Callback):
         self.upload()
 
     def upload(self) -> None:
-        """Send the latest local checkpoint, and the best one so far, to the run (no-op when sent already)."""
+        """Queue the latest local checkpoint, and the best one so far, for the run (no-op when sent already).
+
+        Copies are staged first, so the next save cannot change a file while the background upload reads it.
+        """
         if not (self.unsent and self.path.is_file()):
             return
-        staging = self.path.parent / "upload"
+        self._uploads += 1
+        staging = self.path.parent / f"upload-{self._uploads}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         shutil.copyfile(self.path, staging / Path(RESUME_ARTIFACT).name)
         if self.best is not None and Path(self.best).is_file():
             shutil.copyfile(self.best, staging / Path(BEST_ARTIFACT).name)
-        self.run.client.log_artifacts(self.run.run_id, str(staging), str(Path(RESUME_ARTIFACT).parent))
-        shutil.rmtree(staging, ignore_errors=True)
+
+        def send() -> None:
+            self.run.client.log_artifacts(self.run.run_id, str(staging), str(Path(RESUME_ARTIFACT).parent))
+            shutil.rmtree(staging, ignore_errors=True)
+
+        self.run.sender.submit("the resumable checkpoint", send)
         self.unsent = False
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transfuse.errors import Preempted
 from transfuse.tracking.liveness import Heartbeat
+from transfuse.tracking.sender import Sender
 from transfuse.tracking.store import artifact_location, open_store, store_lock
 from transfuse.tracking.tags import PREEMPTED_TAG, RESUMED_TAG, SOURCE_RUN_TAG, SOURCE_TAG, SWEEPS_TAG
 
@@ -83,8 +84,10 @@ def hydra_tags() -> dict[str, str]:
 class TrackedRun:
     """An open MLflow run, with the helpers the training flow calls."""
 
-    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, sender: Sender | None = None) -> None:
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        #: writes made during a fit go through it, so an unreachable server does not block training
+        self.sender = sender or Sender(client.tracking_uri)
         #: metrics logged through :meth:`log_metrics`, returned with the run's results
         self.logged_scores: dict[str, float] = {}
 
@@ -92,7 +95,7 @@ class TrackedRun:
         """A Lightning logger writing this run's metrics (``kwargs``: ``logger.metrics`` of the config)."""
         from transfuse.tracking.logger import RunLogger  # Lightning: only for runs that train or test
 
-        return RunLogger(tracking_uri=self.client.tracking_uri, run_id=self.run_id, **kwargs)
+        return RunLogger(tracking_uri=self.client.tracking_uri, run_id=self.run_id, sender=self.sender, **kwargs)
 
     def log_config(self, cfg: DictConfig) -> None:
         """Resolved config as parameters and as ``config.yaml``."""
@@ -190,13 +193,15 @@ def tracked_run(
             client.set_tag(run_id, key, value)
         log.info("MLflow run %s (%s) resumed (time %d) at %s", run_id, previous.info.run_name, times, tracking_uri)
     heartbeat = Heartbeat(client, run_id).start()
+    run = TrackedRun(client, run_id, experiment_id)
     try:
-        yield TrackedRun(client, run_id, experiment_id)
+        yield run
     except BaseException as err:
         stopped = not isinstance(err, Exception)  # KeyboardInterrupt, Preempted, SystemExit
         status = RunStatus.to_string(RunStatus.KILLED if stopped else RunStatus.FAILED)
         try:
             heartbeat.stop()
+            run.sender.close()  # what was queued (a preempted fit's checkpoint) lands before the status
             mlflow.flush_async_logging()  # metrics queued by an asynchronous logger land before the status
             client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:MAX_PARAM_LENGTH])
             if isinstance(err, Preempted):
@@ -205,5 +210,6 @@ def tracked_run(
             client.set_terminated(run_id, status)
         raise
     heartbeat.stop()
+    run.sender.close()
     mlflow.flush_async_logging()
     client.set_terminated(run_id, "FINISHED")

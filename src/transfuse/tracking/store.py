@@ -6,12 +6,18 @@ Only ``mlflow`` and ``filelock`` are imported (no torch).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
 from mlflow import MlflowClient
+
+from transfuse.errors import StoreError
+
+#: how long a tracking server may take to answer before a command gives up with one line
+REACH_WITHIN_S = 15.0
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -37,8 +43,38 @@ def store_lock(tracking_uri: str) -> Iterator[None]:
         yield
 
 
+def check_reachable(tracking_uri: str, within_s: float = REACH_WITHIN_S) -> None:
+    """Fail fast, with one line, when a tracking server does not answer: MLflow itself would retry for minutes
+    in silence. Other stores (SQLite, files) are not probed.
+
+    Raises:
+        StoreError: ``/health`` of the server gave no answer within ``within_s`` seconds.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    deadline, reason = time.monotonic() + within_s, ""
+    while True:
+        try:
+            answer = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5)
+            if answer.status_code < 500:
+                return
+            reason = f"HTTP {answer.status_code}"
+        except requests.RequestException as err:
+            reason = type(err).__name__
+        if time.monotonic() + 2 > deadline:
+            raise StoreError(
+                f"tracking server {tracking_uri} is unreachable ({reason}) after {within_s:.0f} s; start it, or set "
+                "logger.tracking_uri (e.g. sqlite:///mlflow.db for a local store)"
+            )
+        time.sleep(2)
+
+
 def open_store(tracking_uri: str) -> MlflowClient:
-    """A client whose store exists: a new SQLite database is created (and migrated) by one process at a time."""
+    """A client whose store exists and answers: a new SQLite database is created (and migrated) by one process at
+    a time; a tracking server must answer within :data:`REACH_WITHIN_S` seconds."""
+    check_reachable(tracking_uri)
     with store_lock(tracking_uri):  # MlflowClient creates and migrates the schema when it is constructed
         client = MlflowClient(tracking_uri)
         client.search_experiments(max_results=1)

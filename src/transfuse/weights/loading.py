@@ -137,17 +137,14 @@ def apply(model: nn.Module, checkpoint: Checkpoint, policy: HeadPolicy) -> LoadR
             log.warning(policy.reason)
         classifier = {k: v for k, v in state.items() if k.startswith(prefix)}
         state = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and own[k].shape != v.shape
-    ]
-    if mismatched:
-        more = f" and {len(mismatched) - 3} more" if len(mismatched) > 3 else ""
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:  # the first one only: a message of every mismatch once ran to thousands of characters
+        first = mismatched[0]
+        count = "1 shape mismatch:" if len(mismatched) == 1 else f"{len(mismatched)} shape mismatches, first"
         raise WeightsError(
-            f"checkpoint {checkpoint.source} does not fit the model ({len(mismatched)} shape mismatches: "
-            + "; ".join(mismatched[:3])
-            + f"{more}); was it trained with another backbone, input channels or head?"
+            f"checkpoint {checkpoint.source} does not fit the model ({count} {first}: checkpoint "
+            f"{tuple(state[first].shape)} vs model {tuple(own[first].shape)}); "
+            "was it trained with another backbone, input channels or head?"
         )
     backbone_keys = [k for k in own if k.startswith("backbone.")]
     if backbone_keys and not any(k in state for k in backbone_keys):

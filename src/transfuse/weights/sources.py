@@ -44,25 +44,41 @@ class Checkpoint:
     run_id: str | None = None
 
 
-def read_file(path: str | Path) -> tuple[dict[str, Tensor], list[str] | None]:
-    """Read a state dict (and saved class names, for transfuse checkpoints) from a weights file."""
+def read_file(path: str | Path, name: str | None = None) -> tuple[dict[str, Tensor], list[str] | None]:
+    """Read a state dict (and saved class names, for transfuse checkpoints) from a weights file; errors call it
+    ``name`` (e.g. the ``runs:/`` address of a downloaded artifact) when given."""
     path = Path(path).expanduser()
+    shown = name or str(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
+    unreadable = WeightsError(
+        f"{shown} is not a readable weights file: expected a state dict or Lightning checkpoint saved with torch.save "
+        "(.pth, .pt, .bin, .ckpt) or a .safetensors file"
+    )
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path)), None
+        try:
+            return load_file(str(path)), None
+        except (SafetensorError, OSError):
+            raise unreadable from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"cannot read weights from {path}: {err}") from None
+    except Exception as err:  # torch.load raises anything from EOFError to IndexError on bytes it cannot parse
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:  # a pickled object, e.g. torch.save(model): its classes are not loaded (that could run code)
+            raise WeightsError(
+                f"{shown} pickles {found.group(1)}, not only tensors; save model.state_dict() or a Lightning "
+                "checkpoint instead (weights are read with torch.load(weights_only=True))"
+            ) from None
+        raise unreadable from None
     if isinstance(obj, dict) and "state_dict" in obj:  # Lightning checkpoint
         class_names = obj.get("transfuse", {}).get("class_names")
         return obj["state_dict"], class_names
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         return obj, None
-    raise WeightsError(f"{path} holds no state dict (expected a tensor dict or a Lightning checkpoint)")
+    raise WeightsError(f"{shown} holds no state dict (expected a tensor dict or a Lightning checkpoint)")
 
 
 def _run_checkpoint(client: MlflowClient, run_id: str, artifact: str) -> Checkpoint:
@@ -78,7 +94,7 @@ def _run_checkpoint(client: MlflowClient, run_id: str, artifact: str) -> Checkpo
                 f"run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact {artifact!r}; "
                 "only runs that trained log checkpoints"
             ) from None
-        state, class_names = read_file(local)
+        state, class_names = read_file(local, f"runs:/{run_id}/{artifact}")
     return Checkpoint(state, f"runs:/{run_id}/{artifact}", class_names, run_id)
 
 
