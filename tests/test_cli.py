@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -89,3 +90,14 @@ def test_help_lists_only_the_groups_each_entry_point_takes(tmp_path):
     assert not {"stage", "adapt", "multi_input", "hparams_search"} & set(fuse_groups)
     assert fuse_groups["experiment"] == ["digits_soups/fuse", "wortsman2022_soups/full_scale_fuse"]
     assert "_base" not in train_groups["data"] and "mnist5k" in train_groups["data"]
+
+
+def test_runs_started_in_the_same_second_get_their_own_output_folder(tmp_path):
+    command = [sys.executable, "-m", "transfuse.train", "--cfg", "hydra", "--resolve"]
+    launched = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    folders = set()
+    for process in launched:
+        out, _ = process.communicate(timeout=120)
+        lines = out.splitlines()
+        folders.add(next(lines[i + 1] for i, line in enumerate(lines) if line.strip() == "run:"))
+    assert len(folders) == 4, folders

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,28 @@ def test_a_killed_fit_resumes_into_its_own_run_bit_for_bit(tmp_path, signal, sta
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert resumed.data.metrics["test/acc"] == clean.data.metrics["test/acc"]
+
+
+def test_stale_runs_are_listed_and_marked_killed_only_when_asked(tracking_uri, tmp_path, capsys):
+    import socket
+    import subprocess as sp
+    import time
+
+    from transfuse.runs_cli import main
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("jobs", (tmp_path / "a").as_uri())
+    dead = sp.Popen(["true"])
+    dead.wait()  # a process id that no longer runs
+    here = {"host": socket.gethostname(), "pid": str(dead.pid), "heartbeat": str(int(time.time()))}
+    gone = client.create_run(experiment, run_name="gone", tags=here).info.run_id
+    alive = client.create_run(experiment, run_name="alive", tags={**here, "pid": str(os.getpid())}).info.run_id
+    far = {"host": "elsewhere", "pid": "1", "heartbeat": str(int(time.time()) - 3600)}
+    silent = client.create_run(experiment, run_name="silent", tags=far).info.run_id
+    main(["stale", "--tracking-uri", tracking_uri])
+    out = capsys.readouterr().out
+    assert gone in out and silent in out and alive not in out
+    assert {client.get_run(r).info.status for r in (gone, alive, silent)} == {"RUNNING"}  # a dry run
+    main(["stale", "--tracking-uri", tracking_uri, "--mark-killed"])
+    assert client.get_run(gone).info.status == "KILLED" and client.get_run(silent).info.status == "KILLED"
+    assert client.get_run(alive).info.status == "RUNNING"
