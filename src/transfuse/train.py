@@ -85,7 +85,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.stage.fit:
             saver = ResumeCheckpoints(checkpoints / "resume.ckpt", run, **cfg.checkpoint)
             callbacks += [saver, Preemption()]
-        logger = run.logger(hold=cfg.stage.fit, **cfg.logger.metrics)
+        logger = run.logger(**cfg.logger.metrics)
+        if resumed is not None:
+            logger.skip_stored()
         trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
         seconds: dict[str, float] = {}
         last: dict[str, float] = {}
@@ -98,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 saver.upload()  # a preempted or failed fit keeps its last full checkpoint in the run
                 raise
             seconds["time/fit_s"] = time.perf_counter() - start
+            saver.discard()
             artifacts.log_checkpoints(run, trainer, checkpoints / "last.ckpt", cfg.last_checkpoint)
         if cfg.stage.test:
             best = trainer.checkpoint_callback is not None and bool(trainer.checkpoint_callback.best_model_path)

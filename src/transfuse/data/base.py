@@ -129,10 +129,8 @@ class InMemoryImageDataModule(L.LightningDataModule):
         if self._splits is None:
             given, class_names = self.load()
             if len(class_names) < 2:  # torchmetrics would refuse it later, in a message that names no dataset
-                raise DataError(
-                    f"{self.describe()} has {len(class_names)} class ({', '.join(map(str, class_names))}); "
-                    "a classifier needs at least two classes"
-                )
+                found = f"1 class ({class_names[0]})" if class_names else "no class"
+                raise DataError(f"{self.describe()} has {found}; a classifier needs at least two classes")
             self._class_names = class_names
             self._splits = self._carve(given)
             log.info("%s: %s", type(self).__name__, ", ".join(f"{k}={len(v)}" for k, v in self._splits.items()))

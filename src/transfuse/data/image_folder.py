@@ -61,6 +61,7 @@ def scan_classes(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
 
 
 def check_on_empty_class(on_empty_class: str) -> None:
+    """Refuse an ``on_empty_class`` setting other than ``error`` or ``skip``, when the datamodule is built."""
     if on_empty_class not in ON_EMPTY_CLASS:
         raise ConfigError(f"on_empty_class must be one of {ON_EMPTY_CLASS}, got {on_empty_class!r}")
 

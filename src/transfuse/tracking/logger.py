@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -27,16 +28,16 @@ class RunLogger(MLFlowLogger):
     logger after fit or test): one SQLite commit per logging call costs several milliseconds, more than a
     cached linear-probe training step.
 
-    With ``hold=True`` (a fit that saves resumable checkpoints) points are written only when :meth:`flush` is
-    called, at checkpoint boundaries: a killed fit then leaves no point past its last checkpoint in the store,
-    and the resumed fit logs each step exactly once.
+    A resumed fit redoes the steps after its last checkpoint, which the killed process may have logged
+    already: :meth:`skip_stored` makes the logger drop each point the run already holds (same key and step,
+    as many times as it is there), so every history keeps the points of an uninterrupted run.
     """
 
-    def __init__(
-        self, *args: Any, flush_every_s: float = 2.0, hold: bool = False, sender: Sender | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, flush_every_s: float = 2.0, sender: Sender | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.flush_every_s, self.hold, self.sender = flush_every_s, hold, sender
+        self.flush_every_s, self.sender = flush_every_s, sender
+        #: (key, step) -> points of it already in the run, dropped when logged again (see skip_stored)
+        self._stored: Counter[tuple[str, int]] = Counter()
         self._pending: list[Metric] = []
         self._flushed_at = time.monotonic()
 
@@ -45,19 +46,17 @@ class RunLogger(MLFlowLogger):
         timestamp_ms = int(time.time() * 1000)
         for key, value in metrics.items():
             name = re.sub(r"[^a-zA-Z0-9_/. -]+", "", key)  # the characters MLflow allows in metric names
+            if self._stored[(name, step or 0)] > 0:
+                self._stored[(name, step or 0)] -= 1
+                continue
             self._pending.append(Metric(key=name, value=float(value), timestamp=timestamp_ms, step=step or 0))
-        if not self.hold and time.monotonic() - self._flushed_at >= self.flush_every_s:
+        if time.monotonic() - self._flushed_at >= self.flush_every_s:
             self.flush()
 
     @rank_zero_only
-    def flush(self, before_step: int | None = None) -> None:
-        """Write the pending points now (MLflow takes at most 1000 per batch); with ``before_step``, only those
-        logged at an earlier step (the rest belong to an epoch that has not reached its checkpoint)."""
-        if before_step is None:
-            ready, self._pending = self._pending, []
-        else:
-            ready = [m for m in self._pending if m.step < before_step]
-            self._pending = [m for m in self._pending if m.step >= before_step]
+    def flush(self) -> None:
+        """Write the pending points now (MLflow takes at most 1000 per batch)."""
+        ready, self._pending = self._pending, []
         for start in range(0, len(ready), 1000):
             batch = ready[start : start + 1000]
             if self.sender is None:
@@ -66,15 +65,23 @@ class RunLogger(MLFlowLogger):
                 self.sender.submit(f"{len(batch)} metric points", partial(self._send, batch))
         self._flushed_at = time.monotonic()
 
+    def skip_stored(self) -> int:
+        """Drop, from now on, every point the run already holds (a resumed fit redoing logged steps); returns
+        how many points the store holds."""
+        run = self.experiment.get_run(self.run_id)
+        self._stored = Counter(
+            (point.key, point.step)
+            for key in run.data.metrics
+            for point in self.experiment.get_metric_history(self.run_id, key)
+        )
+        return sum(self._stored.values())
+
     def _send(self, batch: list[Metric]) -> None:
         self.experiment.log_batch(self.run_id, metrics=batch, **self._log_batch_kwargs)
 
     def finalize(self, status: str = "success") -> None:
         """Flush, but leave the run open: ``fit`` ends before ``test`` logs into the same run. A held logger
-        of a fit that failed or was stopped drops what it holds: the resumed fit logs those steps again."""
-        if self.hold and status != "success":
-            self._pending.clear()
-            return
+        of a fit that failed or was stopped still writes its points (a resumed fit skips them)."""
         self.flush()
         if self.sender is not None:
             self.sender.drain()

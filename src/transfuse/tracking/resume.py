@@ -2,8 +2,9 @@
 :mod:`transfuse.tracking.liveness`'s job).
 
 - :class:`ResumeCheckpoints`: a full checkpoint (weights, optimiser, schedulers, loop state and RNG states) at
-  epoch ends, uploaded to the run as ``checkpoints/resume.ckpt``; the run's metric points are written at the
-  same boundaries, so the store never holds a point the resumed fit will log again;
+  epoch ends, uploaded to the run as ``checkpoints/resume.ckpt``; the resumed fit redoes the steps after it and
+  its logger skips the points the killed process had written already
+  (:meth:`~transfuse.tracking.logger.RunLogger.skip_stored`);
 - :class:`Preemption`: SIGTERM and SIGUSR1 (what Slurm sends before preempting) stop the fit after the current
   batch; the flow then uploads the last full checkpoint, the run ends KILLED and tagged ``preempted``, and the
   command exits with 128 + the signal number (under Slurm after asking ``scontrol requeue``).
@@ -27,9 +28,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from transfuse.errors import Preempted
+from transfuse.tracking.logger import RunLogger
 
 if TYPE_CHECKING:
-    from transfuse.tracking.logger import RunLogger
     from transfuse.tracking.run import TrackedRun
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ResumeCheckpoints(Callback):
-    """Saves a full checkpoint at the end of every ``every_n_epochs``-th epoch (or of the first epoch that ends
-    ``every_minutes`` after the last save), uploads it to the run, and writes the run's held metric points.
+    """Saves a full checkpoint after every ``every_n_epochs``-th epoch (or after the first epoch that ends
+    ``every_minutes`` after the last save) and uploads it to the run, after the metric points it covers.
 
     Args:
         path: the local file (in the run's own output folder).
@@ -91,18 +92,8 @@ class ResumeCheckpoints(Callback):
         #: whether the file at ``path`` is newer than the uploaded one
         self.unsent = False
 
-    def _logger(self, trainer: Trainer) -> RunLogger | None:
-        from transfuse.tracking.logger import RunLogger
-
-        return trainer.logger if isinstance(trainer.logger, RunLogger) else None
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # the previous epoch's last points (its epoch metrics are logged after on_train_epoch_end); points of
-        # this epoch (a learning rate logged at its start) wait for its checkpoint
-        if (logger := self._logger(trainer)) is not None:
-            logger.flush(before_step=trainer.global_step)
-
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # saved where Lightning's own last checkpoint is saved, which its loops resume from exactly
         epoch = trainer.current_epoch + 1
         by_epoch = self.every_n_epochs is not None and epoch % self.every_n_epochs == 0
         by_time = self.every_minutes is not None and time.monotonic() - self._saved_at >= 60 * self.every_minutes
@@ -116,7 +107,14 @@ class ResumeCheckpoints(Callback):
         callback = trainer.checkpoint_callback
         self.best = callback.best_model_path if callback is not None and callback.best_model_path else None
         self.unsent = True
-        self.upload()
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Uploaded once the epoch it covers has logged everything (its epoch metrics come after
+        # on_train_epoch_end), and after those points: the store never holds a checkpoint ahead of its points.
+        if self.unsent:
+            if isinstance(trainer.logger, RunLogger):
+                trainer.logger.flush()
+            self.upload()
 
     def upload(self) -> None:
         """Queue the latest local checkpoint, and the best one so far, for the run (no-op when sent already).
@@ -139,6 +137,19 @@ class ResumeCheckpoints(Callback):
 
         self.run.sender.submit("the resumable checkpoint", send)
         self.unsent = False
+
+    def discard(self) -> None:
+        """After a fit that ended well, remove the resumable checkpoint from the run (it would only take space;
+        ``last_checkpoint=full`` keeps a full final state on purpose). Stores that cannot delete keep it."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        self.run.sender.drain()
+        try:
+            uri = self.run.client.get_run(self.run.run_id).info.artifact_uri
+            get_artifact_repository(uri).delete_artifacts(RESUME_ARTIFACT)
+        except Exception as err:  # not every artifact store can delete
+            log.debug("kept %s in run %s: %s", RESUME_ARTIFACT, self.run.run_id, err)
+        self.path.unlink(missing_ok=True)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # a resumed fit restores ModelCheckpoint's best path from the killed launch's folder: point it at the
