@@ -129,6 +129,7 @@ def _runs(folder: Path) -> list:
 # --- 1. a dataset of one class ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # twelve real commands: the fixture takes about a minute of CPU
 def test_one_class_dataset_names_its_root(outcomes):
     folder, line = outcomes["one_class"]
     assert line == (
@@ -140,6 +141,7 @@ def test_one_class_dataset_names_its_root(outcomes):
 # --- 2. an empty class folder -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # twelve real commands: the fixture takes about a minute of CPU
 def test_empty_class_folder_is_refused_by_name(outcomes):
     folder, line = outcomes["empty_class"]
     assert line == (
@@ -170,6 +172,7 @@ def test_paired_folder_refuses_an_empty_class_folder_unless_skipped(tmp_path):
 # --- 3. a weights file that is not one ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # twelve real commands: the fixture takes about a minute of CPU
 def test_random_bytes_are_not_a_readable_weights_file(outcomes):
     folder, line = outcomes["random_bytes"]
     assert line == (
@@ -196,6 +199,7 @@ def test_read_file_refuses_a_pickled_module_saying_what_to_save(tmp_path):
 # --- 4. an architecture mismatch is one short line ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # twelve real commands: the fixture takes about a minute of CPU
 def test_checkpoint_of_another_architecture_is_one_short_line(outcomes):
     folder, line = outcomes["architecture"]
     assert line == (
@@ -225,6 +229,7 @@ def test_shape_mismatch_message_stays_short(make_config, source, message):
 # --- 5. a filter with an unbalanced quote ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # twelve real commands: the fixture takes about a minute of CPU
 @pytest.mark.parametrize(
     ("case", "start"),
     [
@@ -243,6 +248,7 @@ def test_unbalanced_quote_quotes_the_filter_without_the_finished_clause(outcomes
 # --- 6. an empty pool ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # twelve real commands: the fixture takes about a minute of CPU
 def test_empty_pool_has_its_own_message(outcomes):
     folder, line = outcomes["empty_pool"]
     assert line == 'transfuse-fuse: error: no members: give pool.runs=[<run id>,...] or pool.filter="<MLflow filter>"'
@@ -257,6 +263,7 @@ def test_a_blank_filter_is_no_filter(tracking_uri):
 # --- 7. a report of a SQLite store that does not exist -------------------------------------------------------------
 
 
+@pytest.mark.slow  # twelve real commands: the fixture takes about a minute of CPU
 def test_report_refuses_a_sqlite_store_that_does_not_exist(outcomes):
     folder, line = outcomes["missing_store"]
     assert line == (
@@ -276,6 +283,7 @@ def test_check_store_passes_an_existing_store_and_other_schemes(tracking_uri, tm
 # --- 8. a key added with + that nothing reads ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # twelve real commands: the fixture takes about a minute of CPU
 def test_added_typo_is_refused_naming_the_nearest_key(outcomes):
     folder, line = outcomes["added_typo"]
     assert line == (
@@ -311,6 +319,7 @@ def test_unknown_added_keys_are_refused(make_config, override, message):
 # --- 9. input errors found before training leave no run -----------------------------------------------------------
 
 
+@pytest.mark.slow  # twelve real commands: the fixture takes about a minute of CPU
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
