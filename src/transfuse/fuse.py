@@ -52,6 +52,9 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
     The members are loaded and run over the data once, however many methods there are. Returns the logged
     metrics of the single method, or, with several, of the one with the best ``return_metric``.
     """
+    from transfuse.tracking.store import check_reachable
+
+    check_reachable(cfg.logger.tracking_uri)  # a server that does not answer: one line before the slow imports
     import lightning as L
     from hydra.utils import instantiate
 

@@ -50,6 +50,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     if cfg.stage.requires_weights and is_none(cfg.init.weights):
         raise ConfigError(f"stage={cfg.tags.stage} needs init.weights=<source> (a run, a query, a file or timm)")
+    from transfuse.tracking.store import check_reachable
+
+    check_reachable(cfg.logger.tracking_uri)  # a server that does not answer: one line before the slow imports
     import lightning as L
     from hydra.utils import instantiate
 

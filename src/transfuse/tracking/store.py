@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from transfuse.errors import StoreError
 
 #: how long a tracking server may take to answer before a command gives up with one line
-REACH_WITHIN_S = 15.0
+REACH_WITHIN_S = 10.0
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -72,9 +72,8 @@ def check_reachable(tracking_uri: str, within_s: float = REACH_WITHIN_S) -> None
 
 
 def open_store(tracking_uri: str) -> MlflowClient:
-    """A client whose store exists and answers: a new SQLite database is created (and migrated) by one process at
-    a time; a tracking server must answer within :data:`REACH_WITHIN_S` seconds."""
-    check_reachable(tracking_uri)
+    """A client whose store exists: a new SQLite database is created (and migrated) by one process at a time.
+    (The entry points first :func:`check_reachable` a tracking server, so that one that is down fails fast.)"""
     with store_lock(tracking_uri):  # MlflowClient creates and migrates the schema when it is constructed
         client = MlflowClient(tracking_uri)
         client.search_experiments(max_results=1)
