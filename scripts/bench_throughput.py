@@ -4,7 +4,8 @@ Each configuration is one ``transfuse.train.train(cfg)`` call (composed with ``c
 would) of ``backbone=resnet18`` on ``data=mnist5k`` (augmentation on, as a real run has it) at
 ``backbone.image_size`` 32 or 64, for a fixed ``trainer.limit_train_batches`` (``--batches``, 32 of mnist5k's 57)
 of one epoch, with validation, test, checkpoint upload and plots switched off. The configurations run
-``--repeats`` times (2), the second pass in reverse order, and img/s is the median. Throughput is measured by
+``--repeats`` times (2), the second pass in reverse order, and img/s is the best run's: on a shared machine other
+work only ever slows a run down (every run's figure is printed beside it). Throughput is measured by
 :class:`Throughput`, a Lightning callback injected through ``+callbacks.*._target_``: the images trained per
 second from the end of the warm-up batches to the end of the last batch, so it covers fetching, the device-side
 transform, forward, backward and the optimiser step of every timed batch, and none of the run's set-up.
@@ -16,10 +17,11 @@ transform, forward, backward and the optimiser step of every timed batch, and no
   datamodule's ``on_after_batch_transfer``; a convolution with channels_last weights computes in channels_last
   (PyTorch follows the weight's format on CPU), so after the stem the activations are channels_last as well.
 
-In the same process the script measures the fp32 and bf16 matmul peak (``torch.matmul`` of 2048 x 2048, best of a
-few repeats) and counts resnet18's forward FLOPs per image with ``torch.utils.flop_counter.FlopCounterMode``
-(training counted as 3x forward), so each configuration is shown as img/s, its ratio to fp32 NCHW at the same size,
-and the training GFLOP/s it achieves as a fraction of the fp32 matmul peak (and of its own precision's peak).
+In the same process the script measures the fp32 and bf16 matmul peak (``torch.matmul`` of 2048 x 2048, best of a few
+repeats, before and after the throughput runs) and counts resnet18's forward FLOPs per image with
+``torch.utils.flop_counter.FlopCounterMode`` (training counted as 3x forward), so each configuration is shown as img/s,
+its ratio to fp32 NCHW at the same size, and the training GFLOP/s it achieves as a fraction of the fp32 matmul peak (and
+of its own precision's peak).
 
 Speed means nothing if the numbers change the result, so the script then trains fp32 and bf16 (NCHW), and any
 channels_last variant fast enough to be adopted, for ``--acc-epochs`` (5) full epochs at 32 px with the same seed,
@@ -152,7 +154,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--batches", type=int, default=None, help="training batches per configuration (default 32)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed batches at the start (default 3)")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per configuration, median img/s (default 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per configuration, best img/s (default 2)")
     parser.add_argument("--acc-epochs", type=int, default=None, help="epochs of each accuracy run (default 5)")
     parser.add_argument("--acc-batches", type=int, default=None, help="batches per accuracy epoch (default: all)")
     parser.add_argument("--acc-tolerance", type=float, default=1.5, help="points of test/acc counted as equal")
@@ -200,7 +202,7 @@ def main() -> None:
             f"untimed; {args.repeats} run(s) each; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
         )
         peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-        print(f"matmul peak (2048x2048): fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s")
+        print(f"matmul peak (2048x2048) at the start: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s")
         flops = {size: forward_flops(common, size, root / "flops") for size in args.sizes}
         print("resnet18 forward per image: " + ", ".join(f"{s} px {f / 1e6:.1f} MFLOP" for s, f in flops.items()))
 
@@ -215,21 +217,26 @@ def main() -> None:
                 rates[config.label].append(images / seconds)
                 fit_seconds[config.label].append(metrics["time/fit_s"])
 
+        peak = {
+            "fp32": max(peak["fp32"], matmul_peak(torch.float32)),
+            "bf16": max(peak["bf16"], matmul_peak(torch.bfloat16)),
+        }
+        print(f"matmul peak, best of start and end: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s")
         print()
         print(
             f"{'configuration':<30} {'img/s':>8} {'x fp32 NCHW':>12} {'train GFLOP/s':>14} {'of fp32 peak':>13} "
-            f"{'of own peak':>12} {'fit s':>7}"
+            f"{'of own peak':>12} {'fit s':>7}  img/s of each run"
         )
         speedups: dict[tuple[str, bool], list[float]] = {}
         for config in configs:
-            rate = statistics.median(rates[config.label])
-            base = statistics.median(rates[Config(config.size, "fp32", False).label])
+            rate = max(rates[config.label])
+            base = max(rates[Config(config.size, "fp32", False).label])
             achieved = rate * 3 * flops[config.size] / 1e9
             speedups.setdefault((config.precision, config.channels_last), []).append(rate / base)
             print(
                 f"{config.label:<30} {rate:>8.1f} {rate / base:>12.2f} {achieved:>14.1f} "
                 f"{achieved / peak['fp32']:>13.1%} {achieved / peak[config.precision]:>12.1%} "
-                f"{statistics.median(fit_seconds[config.label]):>7.1f}"
+                f"{min(fit_seconds[config.label]):>7.1f}  {' '.join(f'{r:.0f}' for r in rates[config.label])}"
             )
 
         size = min(args.sizes)
