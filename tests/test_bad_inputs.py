@@ -324,7 +324,11 @@ def test_unknown_added_keys_are_refused(make_config, override, message):
     ("case", "expected"),
     [
         ("missing_root", "transfuse-train: error: image folder {folder}/nonexistent does not exist"),
-        ("wrong_run_id", "transfuse-train: error: no MLflow run with id '0123456789abcdef' in sqlite:///mlflow.db"),
+        (
+            "wrong_run_id",
+            "transfuse-train: error: no MLflow run with id '0123456789abcdef' in sqlite:///mlflow.db; "
+            "the store holds no run yet",
+        ),
         ("architecture", None),
         ("one_class", None),
     ],

@@ -101,3 +101,35 @@ def test_runs_started_in_the_same_second_get_their_own_output_folder(tmp_path):
         lines = out.splitlines()
         folders.add(next(lines[i + 1] for i, line in enumerate(lines) if line.strip() == "run:"))
     assert len(folders) == 4, folders
+
+
+def test_a_plain_typo_is_one_line_with_the_nearest_key(tmp_path):
+    result = _run(["optimzer.lr=0.1"], tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "transfuse-train: error: optimzer.lr is not a key of the config; did you mean optimizer.lr? "
+        "(a new key needs +optimzer.lr=...)"
+    ]
+
+
+def test_an_unknown_option_is_one_line_listing_the_options(tmp_path):
+    result = _run(["finetune=lpft"], tmp_path)
+    assert result.returncode != 0
+    line = last_line(result.stderr)
+    assert line.startswith("transfuse-train: error: finetune=lpft is not an option; options: full, ")
+    assert "lp_ft" in line and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_failing_multirun_prints_one_line_per_failed_job_runs_them_all_and_exits_1(tmp_path, _empty_store):
+    shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
+    query = "init.weights=\"tags.stage = 'pretrain' and tags.data = 'nothing'\""
+    result = _run(["-m", *FAST, "stage=finetune", query, "seed=0,1,2", "hydra/job_logging=none"], tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("transfuse-train:")]
+    for i, line in enumerate(lines[:3]):
+        job = line.split(" failed:")[0]
+        assert job.startswith(f"transfuse-train: job {i} (") and job.endswith(f"seed={i})"), job
+    assert all("no FINISHED run matches" in line for line in lines[:3])
+    assert lines[3].startswith("transfuse-train: 3 job(s) of the sweep failed")
+    assert len(lines) == 4

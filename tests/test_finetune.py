@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback
 
 from tests.conftest import FAST
-from transfuse.finetune import Gradual, adapt_batchnorm
+from transfuse.errors import ConfigError
+from transfuse.finetune import LPFT, Gradual, adapt_batchnorm
 from transfuse.models.build import build_model
 from transfuse.models.feature_cache import FeatureCache, image_keys
 
@@ -245,3 +246,26 @@ def test_cache_takes_raw_images_and_transforms_only_misses(build):
 def test_raw_and_transformed_keys_never_collide():
     raw = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
     assert not set(image_keys(raw)) & set(image_keys(raw.float()))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "shortest"),
+    [(lambda: LPFT(probe_epochs=5), 6), (lambda: Gradual(unfreeze_every=3), 4)],
+    ids=["lp_ft", "gradual"],
+)
+def test_a_schedule_too_short_for_the_strategy_to_act_is_refused(strategy, shortest):
+    strategy().check_schedule(shortest)  # long enough: the backbone trains for at least one epoch
+    with pytest.raises(ConfigError, match=f"trainer.max_epochs={shortest - 1}"):
+        strategy().check_schedule(shortest - 1)
+
+
+def test_lp_ft_within_its_probe_is_refused_before_any_run_opens(make_config, tracking_uri):
+    from mlflow import MlflowClient
+
+    from transfuse.train import train
+
+    cfg = make_config(*FAST, "finetune=lp_ft", "finetune.probe_epochs=2")  # FAST trains 2 epochs
+    with pytest.raises(ConfigError, match="the backbone would never be fine-tuned"):
+        train(cfg)
+    assert MlflowClient(tracking_uri).search_runs(["0"]) == []
+    assert not [e for e in MlflowClient(tracking_uri).search_experiments() if e.name != "Default"]

@@ -232,6 +232,7 @@ def test_several_methods_in_one_job_share_one_pass_and_log_a_run_each(zoo, monke
     assert sorted(by_method) == ["greedy_soup", "logit_mean", "vote"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["config_hash"] for r in runs}) == 3
+    assert len({r.data.tags["recipe_hash"] for r in runs}) == 3  # each method is its own recipe, not seeds of one
     assert best["val/acc"] == max(r.data.metrics["val/acc"] for r in runs)
     _, alone = _fuse(zoo, "fusion_method=vote", "logger.experiment_name=alone")
     assert alone["test/acc"] == by_method["vote"].data.metrics["test/acc"]

@@ -314,18 +314,42 @@ def test_sweep_on_the_command_line_needs_no_experiment(sweeps, tracking_uri, tmp
         main(["--tracking-uri", tracking_uri])
 
 
-def test_sweep_matching_no_run_says_so(sweeps, tracking_uri):
+def test_sweep_that_no_run_carries_names_the_newest_sweeps(sweeps, tracking_uri):
+    with pytest.raises(SystemExit) as caught:
+        main(["--tracking-uri", tracking_uri, "--sweep", "multirun/1999-01-01/00-00-00"])
+    head, _, newest = str(caught.value).partition(" (newest sweeps: ")
+    assert head == "transfuse-report: error: no run carries --sweep multirun/1999-01-01/00-00-00"
+    assert SWEEP in newest.rstrip(")").split(", ")  # the exact ids to copy, whatever their order within a second
+    with pytest.raises(SystemExit) as caught:
+        main(["--tracking-uri", tracking_uri, "--sweep", SWEEP, "--experiment", "Default"])
+    assert str(caught.value) == (
+        f"transfuse-report: error: no run in 'Default' carries --sweep {SWEEP} (no run carries a sweep id)"
+    )
+
+
+def test_sweep_whose_runs_did_not_finish_or_match_says_so(sweeps, tracking_uri):
     base = ["--tracking-uri", tracking_uri]
     with pytest.raises(SystemExit) as caught:
-        main([*base, "--sweep", "multirun/1999-01-01/00-00-00"])
-    assert str(caught.value) == "transfuse-report: error: --sweep multirun/1999-01-01/00-00-00 matched no FINISHED run"
-    with pytest.raises(SystemExit) as caught:
         main([*base, "--sweep", SWEEP, "--experiment", "sweep_a", "--filter", "tags.method = 'other'"])
-    assert str(caught.value) == (
-        f"transfuse-report: error: --sweep {SWEEP} matched no FINISHED run in 'sweep_a' with that --filter"
+    assert str(caught.value) == (  # created and reused FINISHED, failed FAILED; only 'other' matches the filter
+        f"transfuse-report: error: --sweep {SWEEP} ran 3 run(s) in 'sweep_a' (2 FINISHED, 1 FAILED), but no FINISHED "
+        "one matches that --filter"
     )
-    with pytest.raises(SystemExit, match=r"^transfuse-report: error: no FINISHED run with metric 'test/f1' matches$"):
-        main([*base, "--sweep", SWEEP, "--metric", "test/f1"])  # the sweep has runs, just not that metric
+    broken = "multirun/2026-11-26/08-00-00"
+    run_id = sweeps.create_run(sweeps.get_experiment_by_name("sweep_b").experiment_id, tags={"sweeps": broken})
+    sweeps.set_terminated(run_id.info.run_id, "FAILED")
+    with pytest.raises(SystemExit) as caught:
+        main([*base, "--sweep", broken])
+    assert str(caught.value) == f"transfuse-report: error: --sweep {broken} ran 1 run(s) (1 FAILED), none FINISHED"
+
+
+def test_sweep_whose_runs_lack_the_metric_names_the_metrics_they_have(sweeps, tracking_uri):
+    with pytest.raises(SystemExit) as caught:
+        main(["--tracking-uri", tracking_uri, "--sweep", SWEEP, "--metric", "test/f1"])
+    assert str(caught.value) == (  # the sweep has FINISHED runs, just not that metric
+        f"transfuse-report: error: no FINISHED run of --sweep {SWEEP} with metric 'test/f1' matches "
+        "(metrics they have: test/acc)"
+    )
 
 
 def test_bar_and_curve_write_pngs_of_the_figure_size(grid, tmp_path):
@@ -376,3 +400,123 @@ def test_log_marks_the_run_failed_when_logging_raises(grid, tracking_uri, monkey
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("reports").experiment_id])
     assert run.info.status == "FAILED"
+
+
+# --- cells that average unlike runs, columns that compare unlike test data ----------------------------------------
+
+#: (method, data, max_epochs) -> test/acc of seeds 0, 1, ...; the recipe_hash tag stands for (method, max_epochs)
+DIGITS = {
+    ("source_pretrain", "mnist5k", "5"): [0.99, 0.98, 0.99],
+    ("full", "digits", "30"): [0.9, 0.92, 0.91],
+    ("full", "digits", "6"): [0.8, 0.82],
+    ("full", "digits", "1"): [0.3],
+    ("scratch", "digits", "30"): [0.7, 0.72, 0.71],
+}
+
+
+def log_finished(client, experiment, tags, params, accuracy) -> str:
+    from mlflow.entities import Param
+
+    run_id = client.create_run(experiment, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    client.log_metric(run_id, "test/acc", accuracy)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+@pytest.fixture
+def digits(tracking_uri):
+    """What a few README commands leave: a source pretraining on mnist5k and digits runs of 30, 6 and 1 epochs."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("digits_transfer")
+    for (method, data, epochs), accuracies in DIGITS.items():
+        for seed, accuracy in enumerate(accuracies):
+            tags = {"method": method, "data": data, "seed": str(seed), "recipe_hash": f"{method}-{epochs}"}
+            params = {"seed": str(seed), "trainer.max_epochs": epochs, "optimizer.lr": "0.01", "tags.seed": str(seed)}
+            log_finished(client, experiment, tags, params, accuracy)
+    return ["--experiment", "digits_transfer", "--tracking-uri", tracking_uri, "--metric", "test/acc"]
+
+
+def test_a_cell_mixing_recipes_is_marked_and_a_column_mixing_test_data_has_no_best(digits, capsys):
+    main(digits)
+    lines = capsys.readouterr().out.splitlines()
+    full = by_hand([a for (method, *_), values in DIGITS.items() if method == "full" for a in values])
+    scratch, source = by_hand(DIGITS["scratch", "digits", "30"]), by_hand(DIGITS["source_pretrain", "mnist5k", "5"])
+    assert lines[2] == f"| full | {full[0]:.4f} ± {full[1]:.4f} † | 6 |"  # 30, 6 and 1 epochs averaged
+    assert lines[3] == f"| scratch | {scratch[0]:.4f} ± {scratch[1]:.4f} | 3 |"  # three seeds of one recipe: no mark
+    assert lines[4] == f"| source_pretrain | {source[0]:.4f} ± {source[1]:.4f} | 3 |"  # tested on mnist5k: no bold
+    assert lines[6].startswith("test/acc (mean ± std), n = 3 to 6 runs per cell;")
+    assert lines[8] == "† full: 3 recipes averaged, not only seeds; params.trainer.max_epochs differs (30, 6, 1)"
+    assert lines[10] == (
+        "test/acc: no best marked, its rows test on different data (digits: full, scratch; mnist5k: source_pretrain)"
+    )
+    assert len(lines) == 11
+
+
+def test_rows_on_the_same_data_get_their_best_back(digits, tmp_path, capsys):
+    tex = tmp_path / "table.tex"
+    main([*digits, "--filter", "tags.data = 'digits'", "--latex", str(tex)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| full | **0.7750 ± ") and lines[2].endswith("** † | 6 |")
+    assert not any("test on different data" in line for line in lines)
+    latex = tex.read_text().splitlines()
+    assert latex[1] == "% \\textsuperscript{\\textdagger} full: 3 recipes averaged, not only seeds; " + (
+        "params.trainer.max\\_epochs differs (30, 6, 1)"
+    )
+    full = next(line for line in latex if line.startswith("full &"))
+    assert full.endswith("}\\textsuperscript{\\textdagger} & 6 \\\\")
+
+
+def test_strict_refuses_mixed_recipes_and_mixed_test_data_in_one_line(digits, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main([*digits, "--strict"])
+    assert str(caught.value) == (
+        "transfuse-report: error: --strict: runs differ in more than the seed in full (params.trainer.max_epochs); "
+        "rows test on different data in test/acc (digits, mnist5k)"
+    )
+    assert capsys.readouterr().out == ""  # refused before any table
+    main([*digits, "--strict", "--filter", "params.trainer.max_epochs = '30'"])  # seeds of one recipe per row
+    assert capsys.readouterr().out.splitlines()[2].startswith("| full | **0.9100 ± 0.0100** | 3 |")
+
+
+def test_runs_without_a_recipe_tag_are_compared_by_params_without_the_seed(tracking_uri, capsys):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("old")
+
+    def params(seed: int, lr: str = "1e-05") -> dict[str, str]:
+        return {
+            "seed": str(seed),
+            "tags.seed": str(seed),
+            "data.subset_seed": str(seed),
+            "run_name": f"finetune-digits-resnet18-s{seed}",
+            "init.weights": f"tags.stage = 'pretrain' and params.seed = '{seed}'",
+            "paths.output_dir": f"outputs/2026-01-0{seed}",  # NOT_HASHED: where, not what
+            "optimizer.lr": lr,  # 1e-05 holds the digit 1, but not as the seed
+            "optimizer.betas": "[0.9, 0.999]",
+        }
+
+    for seed in range(3):
+        log_finished(client, experiment, {"method": "full", "data": "digits"}, params(seed), 0.8 + seed / 100)
+    main(["--experiment", "old", "--tracking-uri", tracking_uri])
+    out = capsys.readouterr().out
+    assert "†" not in out and "| full | **0.8100 ± 0.0100** | 3 |" in out
+    log_finished(client, experiment, {"method": "full", "data": "digits"}, params(3, "0.001"), 0.5)
+    main(["--experiment", "old", "--tracking-uri", tracking_uri])
+    note = capsys.readouterr().out.splitlines()[-1]
+    assert note == "† full: 2 recipes averaged, not only seeds; params.optimizer.lr differs (1e-05, 0.001)"
+
+
+def test_adaptation_runs_are_tested_on_their_target_data(tracking_uri, capsys):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("adaptation")
+    rows = {"dann": ("mnist5k", "usps", 0.7), "source_only": ("mnist5k", "usps", 0.5), "target": ("usps", None, 0.9)}
+    for method, (data, target, accuracy) in rows.items():
+        tags = {"method": method, "data": data, **({"target_data": target, "stage": "adapt"} if target else {})}
+        run_id = log_finished(client, experiment, tags, {}, accuracy)
+        client.log_metric(run_id, "test_source/acc", 0.95)
+    main(["--experiment", "adaptation", "--tracking-uri", tracking_uri, "--metric", "test/acc,test_source/acc"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[4] == "| target | **0.9000** | 0.9500 | 1 |"  # test/acc: every row tests on usps; not test_source
+    assert lines[-1] == (  # test_source/acc is the source's test split
+        "test_source/acc: no best marked, its rows test on different data (mnist5k: dann, source_only; usps: target)"
+    )

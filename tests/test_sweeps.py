@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import FAST, compose_config
 from transfuse.report import fetch_runs
-from transfuse.sweeps import HASH_TAG, SWEEPS_TAG, config_hash, run_or_reuse
+from transfuse.sweeps import HASH_TAG, RECIPE_TAG, SWEEPS_TAG, config_hash, recipe_hash, run_or_reuse
 from transfuse.train import train
 
 TINY = [*FAST, "trainer.max_epochs=1", "last_checkpoint=none", "logger.plots=false", "logger.experiment_name=sweep"]
@@ -31,11 +31,28 @@ def test_hash_ignores_where_outputs_go_but_not_what_decides_the_result(tmp_path)
     assert config_hash(compose_config(["optimizer.lr=0.01", "+tags.study=x"], tmp_path / "a")) != here
 
 
-def test_every_run_is_tagged_with_its_config_hash(make_config, tracking_uri):
+def test_recipe_hash_is_the_config_hash_without_the_seed(tmp_path):
+    def hashes(*overrides: str) -> tuple[str, str]:
+        cfg = compose_config(["experiment=digits_transfer/finetune", *overrides], tmp_path / "a")
+        digest, recipe = config_hash(cfg), recipe_hash(cfg)
+        assert config_hash(cfg) == digest and cfg.seed == int(overrides[0].removeprefix("seed="))  # cfg unchanged
+        return digest, recipe
+
+    seed_0, seed_1 = hashes("seed=0"), hashes("seed=1")
+    assert seed_0[0] != seed_1[0]  # a sweep over seeds still runs every seed
+    # the same recipe, though tags.seed, data.subset_seed, the run name and source_query (params.seed = '${seed}')
+    # interpolate the seed
+    assert seed_0[1] == seed_1[1]
+    assert hashes("seed=0", "trainer.max_epochs=6")[1] != seed_0[1]
+    assert hashes("seed=1", "finetune=linear_probe")[1] != seed_1[1]
+
+
+def test_every_run_is_tagged_with_its_config_and_recipe_hashes(make_config, tracking_uri):
     cfg = make_config(*TINY)
     train(cfg)
     (run,) = _runs(tracking_uri)
     assert run.data.tags[HASH_TAG] == config_hash(cfg)
+    assert run.data.tags[RECIPE_TAG] == recipe_hash(cfg)
 
 
 def test_a_relaunched_sweep_skips_finished_jobs_and_reruns_failed_ones(make_config, tracking_uri):

@@ -5,9 +5,13 @@
 set -euo pipefail
 STUDY_RUN=${STUDY_RUN:-$(date +%Y%m%d-%H%M%S)}
 SEEDS=${SEEDS:-0,1,2}
+RESULTS=${RESULTS:-$(dirname "$0")/results}  # where the table is written as Markdown
+mkdir -p "$RESULTS"
 # last_checkpoint=none: each run uploads only best.ckpt (45 MB for ResNet-18), enough to start later stages from
 COMMON="seed=$SEEDS study_run=$STUDY_RUN last_checkpoint=none trainer.enable_progress_bar=false"
 COMMON="$COMMON hydra/job_logging=none hydra/hydra_logging=none"
+# EXTRA: overrides added to every command, e.g. EXTRA="trainer.max_epochs=1" for a quick pass (not the table)
+COMMON="$COMMON ${EXTRA:-}"
 
 # 1. source: pretrain on mnist5k, one model per seed
 transfuse-train -m experiment=digits_transfer/pretrain $COMMON
@@ -21,4 +25,4 @@ transfuse-train -m experiment=digits_transfer/finetune finetune=full optimizer.l
 # 4. the table, read back from MLflow
 transfuse-report --experiment digits_transfer --filter "tags.study_run = '$STUDY_RUN' and tags.data = 'digits'" \
   --rows tags.method --metric test/acc --order source_only,scratch,linear_probe,full \
-  --markdown "experiments/digits_transfer/results/$STUDY_RUN.md"
+  --markdown "$RESULTS/$STUDY_RUN.md"

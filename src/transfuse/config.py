@@ -58,9 +58,43 @@ def selection_tag(monitor: str) -> str:
     return "target_oracle" if monitor.startswith("val_target/") else "source_val"
 
 
+def same_study(study_run: str | None) -> str:
+    """``${same_study:${study_run}}``: the filter clause that keeps a source query inside one study run.
+
+    Studies tag every run of one invocation with ``study_run`` so each stage finds the sources of its own run.
+    Unset (a command typed by hand after the demo), the clause is empty and the query takes the newest match.
+
+    >>> same_study("20261204-0930"), same_study(None)
+    (" and tags.study_run = '20261204-0930'", '')
+    """
+    if is_none(study_run):
+        return ""
+    if "'" in str(study_run):
+        raise ValueError(f"study_run={study_run!r} must not contain a quote")
+    return f" and tags.study_run = '{study_run}'"
+
+
+def output_dir() -> str:
+    """``${output_dir:}``: the job's output folder, also where ``--cfg job --resolve`` shows a config.
+
+    Hydra sets ``runtime.output_dir`` only when the job runs, so a printed config would say ``null``; before that,
+    the folder Hydra is about to create (``hydra.run.dir``, or the sweep's job folder) is named instead.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    known = OmegaConf.select(hc, "runtime.output_dir", default=None)
+    if known:
+        return str(known)
+    if hc.mode == RunMode.MULTIRUN:
+        return f"{hc.sweep.dir}/{hc.sweep.subdir}"
+    return str(hc.run.dir)
+
+
 def register_resolvers() -> None:
-    """Register ``${timm:<model>,<field>}``, ``${selection_tag:<monitor>}``, ``${len:<list>}`` and ``${uid:}``;
-    safe to call more than once."""
+    """Register ``${timm:<model>,<field>}``, ``${selection_tag:<monitor>}``, ``${len:<list>}``, ``${uid:}`` and
+    ``${same_study:<study_run>}``, ``${output_dir:}``; safe to call more than once."""
     if not OmegaConf.has_resolver("timm"):
         OmegaConf.register_new_resolver("timm", timm_default)
     if not OmegaConf.has_resolver("selection_tag"):
@@ -69,6 +103,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("len", len)
     if not OmegaConf.has_resolver("uid"):
         OmegaConf.register_new_resolver("uid", process_id)
+    if not OmegaConf.has_resolver("output_dir"):
+        OmegaConf.register_new_resolver("output_dir", output_dir)
+    if not OmegaConf.has_resolver("same_study"):
+        OmegaConf.register_new_resolver("same_study", same_study)
 
 
 def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -123,6 +123,9 @@ class Strategy(Callback):
         """Extra loss term (None for most strategies)."""
         return None
 
+    def check_schedule(self, max_epochs: int) -> None:
+        """Refuse a fit too short for the strategy to do what it says (checked before the run opens)."""
+
     # --- Lightning hooks -----------------------------------------------------------------------------
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.bn == "adabn":
@@ -166,6 +169,14 @@ class LPFT(Strategy):
     def apply(self, model: Finetunable) -> None:
         self.freeze(model, len(model.backbone_blocks()))
 
+    def check_schedule(self, max_epochs: int) -> None:
+        if max_epochs <= self.probe_epochs:
+            raise ConfigError(
+                f"finetune=lp_ft probes for probe_epochs={self.probe_epochs} epochs, but "
+                f"trainer.max_epochs={max_epochs}: "
+                "the backbone would never be fine-tuned; raise trainer.max_epochs or lower finetune.probe_epochs"
+            )
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch == self.probe_epochs:
             log.info("LP-FT: epoch %d, the backbone is unfrozen", trainer.current_epoch)
@@ -204,6 +215,14 @@ class Gradual(Strategy):
 
     def apply(self, model: Finetunable) -> None:
         self.freeze(model, len(model.backbone_blocks()))
+
+    def check_schedule(self, max_epochs: int) -> None:
+        if max_epochs <= self.unfreeze_every:
+            raise ConfigError(
+                f"finetune=gradual unfreezes a block every {self.unfreeze_every} epochs, but trainer.max_epochs="
+                f"{max_epochs}: no block would ever train (a linear probe); raise trainer.max_epochs or lower "
+                "finetune.unfreeze_every"
+            )
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         blocks = len(pl_module.backbone_blocks())

@@ -19,9 +19,11 @@ from omegaconf import DictConfig, open_dict
 
 from transfuse.cli_help import print_help_if_asked
 from transfuse.config import CONF_DIR, register_resolvers
+from transfuse.console import fusion_table, quiet_libraries
 from transfuse.errors import ConfigError
-from transfuse.sweeps import config_hash, run_job, run_or_reuse
-from transfuse.tracking.tags import HASH_TAG
+from transfuse.launch import launch
+from transfuse.sweeps import config_hash, recipe_hash, run_job, run_or_reuse
+from transfuse.tracking.tags import HASH_TAG, RECIPE_TAG
 
 if TYPE_CHECKING:
     from transfuse.fusion.methods import FusionMethod
@@ -91,7 +93,7 @@ def fuse_one(cfg: DictConfig, method: FusionMethod, pool: Pool, runs: list, data
     from transfuse.tracking.run import tracked_run
 
     class_names = datamodule.class_names
-    tags = {**cfg.tags, HASH_TAG: config_hash(cfg)}
+    tags = {**cfg.tags, HASH_TAG: config_hash(cfg), RECIPE_TAG: recipe_hash(cfg)}
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags) as run:
         run.log_config(cfg)
         run.log_members(runs)
@@ -106,6 +108,7 @@ def fuse_one(cfg: DictConfig, method: FusionMethod, pool: Pool, runs: list, data
             artifacts.log_plots(run, summary, class_names, curves=bool(students.trained))
         if fused.state_dict is not None:
             artifacts.log_state_dict(run, fused.state_dict, class_names)
+    log.info(fusion_table(f"results of run {run.name}:", metrics, [r.info.run_name for r in runs]))
     return metrics
 
 
@@ -115,13 +118,14 @@ SUMMARY = "Fuse trained runs (ensembles, soups, feature heads, distillation) on 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="fuse")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.return_metric`` for sweepers (NaN when missing)."""
+    quiet_libraries()
     return run_job(cfg, fuse, cfg.return_metric, "transfuse-fuse", reuse=False)
 
 
 def main() -> None:
     """The ``transfuse-fuse`` command: a fast ``--help`` of the groups it takes, else Hydra."""
     if not print_help_if_asked("transfuse-fuse", "fuse", SUMMARY):
-        _hydra_main()
+        launch("transfuse-fuse", "fuse", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the same. It does not cover the code: after changing the code, relaunch with ``r
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -22,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from transfuse.errors import Preempted, TransfuseError
+from transfuse.launch import job_failed
 from transfuse.overrides import check_job_overrides
-from transfuse.tracking.tags import HASH_TAG, SWEEPS_TAG
+from transfuse.tracking.tags import HASH_TAG, RECIPE_TAG, SWEEPS_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -46,7 +48,9 @@ NOT_HASHED = (
     "trainer.default_root_dir",
     "callbacks.model_checkpoint.dirpath",
 )
-__all__ = ["HASH_TAG", "SWEEPS_TAG", "config_hash", "run_job", "run_or_reuse"]
+#: what ``seed`` becomes in the config that :func:`recipe_hash` hashes
+SEED_SENTINEL = "<seed>"
+__all__ = ["HASH_TAG", "RECIPE_TAG", "SWEEPS_TAG", "config_hash", "recipe_hash", "run_job", "run_or_reuse"]
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -66,6 +70,19 @@ def config_hash(cfg: DictConfig) -> str:
             node.pop(leaf, None)
     text = json.dumps(_without(container, output_dir), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recipe_hash(cfg: DictConfig) -> str:
+    """:func:`config_hash` of the config with its seed taken out: runs that differ only in the seed share it.
+
+    ``seed`` is replaced before interpolations resolve, so every value built from it (``tags.seed``,
+    ``data.subset_seed``, the run name, a ``source_query`` that picks the source of the same seed) is the same
+    for every seed. A report groups the runs of a cell by it to tell seeds of one recipe from different recipes.
+    """
+    unseeded = copy.deepcopy(cfg)
+    with read_write(unseeded), open_dict(unseeded):
+        unseeded.seed = SEED_SENTINEL
+    return config_hash(unseeded)
 
 
 def _without(value: Any, output_dir: str | None) -> Any:
@@ -160,7 +177,7 @@ def run_job(
 ) -> float:
     """What every entry point does with one Hydra job: run or reuse it and return ``return_metric`` for
     sweepers (NaN when the run has none). An input error ends a single run with one line naming ``prog``;
-    in a multirun it is raised so that Hydra stops the sweep and says which job failed. ``reuse=False``
+    in a multirun it is one line naming the job, and the other jobs still run. ``reuse=False``
     leaves the skip check to the task (``transfuse-fuse`` checks each of its runs)."""
     try:
         check_job_overrides(cfg)  # a typo taken as a new key (+optimzer.lr=0.1) would be silently ignored
@@ -177,8 +194,11 @@ def run_job(
         if cause is None:
             raise
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise cause from None
+            job = HydraConfig.get()
+            job_failed(f"{prog}: job {job.job.num} ({' '.join(job.overrides.task)}) failed: {cause}")
+            return math.nan  # the sweep goes on; the command exits 1 at its end (transfuse.launch)
         sys.exit(f"{prog}: error: {cause}")
     value = metrics.get(return_metric, math.nan)
-    log.info("%s = %.4f", return_metric, value)
+    if return_metric in metrics:  # the run's result table already showed it; a sweeper's log keeps it
+        log.debug("%s = %.4f", return_metric, value)
     return value

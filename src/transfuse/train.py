@@ -17,9 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from transfuse.cli_help import print_help_if_asked
 from transfuse.config import CONF_DIR, is_none, register_resolvers
+from transfuse.console import quiet_libraries, result_table
 from transfuse.errors import ConfigError
-from transfuse.sweeps import config_hash, run_job
-from transfuse.tracking.tags import HASH_TAG
+from transfuse.launch import launch
+from transfuse.sweeps import config_hash, recipe_hash, run_job
+from transfuse.tracking.tags import HASH_TAG, RECIPE_TAG
 
 if TYPE_CHECKING:
     import lightning as L
@@ -58,6 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from transfuse.models.build import build_model
     from transfuse.tracking import artifacts
+    from transfuse.tracking.cadence import StepLogInterval
     from transfuse.tracking.liveness import resume_target
     from transfuse.tracking.resume import Preemption, ResumeCheckpoints, restore_files
     from transfuse.tracking.run import tracked_run
@@ -69,12 +72,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.datamodule)
     model = build_model(cfg, datamodule.class_names)
+    if cfg.trainer.get("fast_dev_run"):
+        log.warning(
+            "debug=fdr: one batch per loop and no checkpoint, so %s is not measured (debug=limit: two short epochs)",
+            cfg.stage.return_metric,
+        )
+    epochs = cfg.trainer.get("max_epochs")
+    if cfg.stage.fit and not cfg.trainer.get("fast_dev_run") and epochs is not None and epochs >= 0:
+        model.finetune.check_schedule(epochs)  # a strategy that would silently do nothing is refused
     client = open_store(cfg.logger.tracking_uri)
     loaded = initialise(model, init, client, datamodule.class_names, cfg.stage.on_head_mismatch)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
     digest = config_hash(cfg)
     resumed = resume_target(client, cfg.resume, cfg.logger.experiment_name, digest) if cfg.stage.fit else None
-    tags = {**cfg.tags, HASH_TAG: digest}
+    tags = {**cfg.tags, HASH_TAG: digest, RECIPE_TAG: recipe_hash(cfg)}
     resume_id = resumed.info.run_id if resumed is not None else None
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags, resume_id) as run:
         if resumed is None:  # a resumed run keeps the config and sources it logged first
@@ -87,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
         if cfg.stage.fit:
             saver = ResumeCheckpoints(checkpoints / "resume.ckpt", run, **cfg.checkpoint)
-            callbacks += [saver, Preemption()]
+            callbacks += [saver, Preemption(), StepLogInterval()]
         logger = run.logger(**cfg.logger.metrics)
         if resumed is not None:
             logger.skip_stored()
@@ -110,7 +121,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if cfg.stage.fit and best and cfg.test_last:
                 last = test_last_epoch(trainer, model, datamodule)
             start = time.perf_counter()
-            trainer.test(model, datamodule=datamodule, ckpt_path="best" if cfg.stage.fit and best else None)
+            ckpt_path = "best" if cfg.stage.fit and best else None
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)  # our table at the end
             seconds["time/test_s"] = time.perf_counter() - start
             if cfg.logger.plots:
                 artifacts.log_plots(run, model.test_summary, model.class_names, trainer.logger)
@@ -118,6 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | run.logged_scores | last
         if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:
             metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(trainer.checkpoint_callback.best_model_score)
+    log.info(result_table(f"results of run {run.name}:", metrics))
     return metrics
 
 
@@ -127,6 +140,7 @@ SUMMARY = "One run of one stage (pretrain, finetune, evaluate, score, adapt): fi
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.stage.return_metric`` for sweepers (NaN when the run has none)."""
+    quiet_libraries()
     if cfg.get("print_config"):
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     return run_job(cfg, train, cfg.stage.return_metric, "transfuse-train")
@@ -135,7 +149,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """The ``transfuse-train`` command: a fast ``--help`` of the groups it takes, else Hydra."""
     if not print_help_if_asked("transfuse-train", "train", SUMMARY):
-        _hydra_main()
+        launch("transfuse-train", "train", _hydra_main)
 
 
 if __name__ == "__main__":

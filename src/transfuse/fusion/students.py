@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from transfuse.models.build import build_model
+from transfuse.tracking.cadence import StepLogInterval
 from transfuse.tracking.run import TrackedRun
 from transfuse.weights import InitSpec, initialise, read_file
 
@@ -41,7 +42,7 @@ class Students:
 
     def fit(self, model: L.LightningModule) -> L.LightningModule:
         """Train ``model`` and return it with its best validation weights."""
-        callbacks = [instantiate(c) for c in self.cfg.callbacks.values()]
+        callbacks = [instantiate(c) for c in self.cfg.callbacks.values()] + [StepLogInterval()]
         trainer = instantiate(self.cfg.trainer, logger=self.run.logger(**self.cfg.logger.metrics), callbacks=callbacks)
         trainer.fit(model, datamodule=self.datamodule)
         self.trained.append(model)

@@ -180,7 +180,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_fit_end(self) -> None:
         if self.feature_cache.hits or self.feature_cache.misses:
-            log.info("feature cache: %d hits, %d misses", self.feature_cache.hits, self.feature_cache.misses)
+            log.debug("feature cache: %d hits, %d misses", self.feature_cache.hits, self.feature_cache.misses)
 
     def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)

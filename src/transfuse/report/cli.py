@@ -5,6 +5,10 @@ metric or several; it is what study READMEs show, so the numbers there come from
 logs. The table is built once as data and rendered from it to Markdown, CSV and LaTeX and drawn as figures, so
 every output shows the same numbers; ``--log`` stores the report itself as an MLflow run.
 
+Each cell should average seeds of one recipe and each column compare rows tested on the same data: a table that
+mixes them marks the cells (†), says below the caption what differs, and bolds nothing in such a column;
+``--strict`` refuses it. ``--list`` names the experiments of the store.
+
 The library raises :class:`~transfuse.errors.ReportError`; only :func:`main` turns an error into one line and an
 exit status.
 """
@@ -19,7 +23,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from transfuse.errors import ReportError, TransfuseError
-from transfuse.report.query import CHECKPOINTS, DEFAULT_URI, check_store, checkpoint_metric, fetch_runs
+from transfuse.report.checks import strict_error
+from transfuse.report.query import (
+    CHECKPOINTS,
+    DEFAULT_URI,
+    check_store,
+    checkpoint_metric,
+    empty_selection,
+    fetch_runs,
+    missing_metric,
+)
 from transfuse.report.render import curve_axis, draw_bar, draw_curve, to_csv, to_latex, to_markdown
 from transfuse.report.table import ERRORS, build_table, summarise
 
@@ -98,6 +111,12 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="bold the smallest mean: of every metric, or of the comma-separated metrics given (loss, ECE, cost)",
     )
+    table.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a table with a cell whose runs differ in more than the seed, or a column whose rows were "
+        "tested on different data (without it, such cells are marked † and explained below the caption)",
+    )
     out = p.add_argument_group("outputs (the Markdown table is always printed)")
     out.add_argument("--markdown", type=Path, metavar="FILE", help="also write the Markdown table to this file")
     out.add_argument("--csv", type=Path, metavar="FILE", help="long format: keys, metric, mean, std, sem, n per line")
@@ -112,6 +131,9 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--log", action="store_true", help="store the report (tables, figures) as an MLflow run")
     out.add_argument("--log-experiment", default="transfuse-reports", help="experiment of the --log run")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    p.add_argument(
+        "--list", action="store_true", help="list the experiments of the store, with their runs per status, and exit"
+    )
     return p
 
 
@@ -133,6 +155,12 @@ def make_report(args: argparse.Namespace) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    if args.list:
+        from transfuse.tracking.listing import experiments, format_experiments
+
+        check_store(args.tracking_uri)
+        print(format_experiments(experiments(MlflowClient(args.tracking_uri))))
+        return
     rows, columns, order = _split(args.rows), _split(args.columns), _split(args.order)
     metrics = [checkpoint_metric(m, args.checkpoint) for m in _split(args.metric)]
     named = _split(args.lower_is_better)
@@ -146,20 +174,20 @@ def make_report(args: argparse.Namespace) -> None:
         raise ReportError("--rows needs at least one key")
     check_store(args.tracking_uri)
     try:
-        runs = fetch_runs(MlflowClient(args.tracking_uri), args.experiment, args.filter, sweeps)
-        if sweeps and not runs:
-            where = f" in {', '.join(map(repr, args.experiment))}" if args.experiment else ""
-            with_filter = " with that --filter" if args.filter.strip() else ""
-            raise ReportError(f"--sweep {' '.join(sweeps)} matched no FINISHED run{where}{with_filter}")
+        client = MlflowClient(args.tracking_uri)
+        runs = fetch_runs(client, args.experiment, args.filter, sweeps)
+        if not runs:
+            raise ReportError(empty_selection(client, args.experiment, args.filter, sweeps))
         tables = {m: summarise(runs, [*rows, *columns], m, order) for m in metrics}
     except (MlflowException, ValueError) as err:  # a store MLflow cannot open, a value it rejects
         message = str(getattr(err, "message", err)).strip().splitlines()[0]
         raise ReportError(message) from None
     for metric, groups in tables.items():
         if not groups:
-            hint = " (--checkpoint last reads test/x as test_last/x)" if metric.startswith("test_last/") else ""
-            raise ReportError(f"no FINISHED run with metric {metric!r} matches{hint}")
+            raise ReportError(missing_metric(runs, metric, sweeps))
     table = build_table(tables, rows, columns, lower, args.error, args.checkpoint)
+    if args.strict and (refusal := strict_error(table.problems)):
+        raise ReportError(refusal)
     if args.curve:
         curve_axis(table)  # fail before writing anything
     texts = {"report.md": to_markdown(table) + "\n", "report.csv": to_csv(table), "report.tex": to_latex(table)}

@@ -8,12 +8,13 @@ only when runs are searched (and torch never), so ``transfuse-report --help`` an
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transfuse.errors import ReportError
-from transfuse.tracking.query import SWEEPS_TAG, experiment_ids, finished_runs, quoted
+from transfuse.tracking.listing import check_store_exists
+from transfuse.tracking.query import MAX_RESULTS, SWEEPS_TAG, experiment_ids, finished_runs, quoted
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -66,11 +67,20 @@ def check_keys(runs: Sequence[Run], keys: Sequence[str], shown: int = 8) -> None
             names = list(ATTRIBUTES)
         else:  # MLflow's own tags (mlflow.user, mlflow.source.name...) would crowd out the config keys
             names = sorted({n for run in runs for n in getattr(run.data, kind) if not n.startswith("mlflow.")})
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        ordered = [*close, *(n for n in names if n not in close)]
-        known = ", ".join(f"{kind}.{n}" for n in ordered[:shown]) or "none"
-        more = f", ... ({len(ordered)} in all)" if len(ordered) > shown else ""
-        raise ReportError(f"no selected run has {key!r} ({kind} of the selected runs: {known}{more})")
+        raise ReportError(f"no selected run has {key!r} ({kind} of the selected runs: {closest(name, names, kind)})")
+
+
+def closest(name: str, names: Sequence[str], prefix: str = "", shown: int = 8) -> str:
+    """Up to ``shown`` of ``names`` (each as ``prefix.name``), the three closest to ``name`` first, for an error
+    that says what exists.
+
+    >>> closest("test/ac", ["val/acc", "test/acc", "cost/params"])
+    'test/acc, val/acc, cost/params'
+    """
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    ordered = [*close, *(n for n in names if n not in close)]
+    known = ", ".join(f"{prefix}.{n}" if prefix else n for n in ordered[:shown]) or "none"
+    return known + (f", ... ({len(ordered)} in all)" if len(ordered) > shown else "")
 
 
 def checkpoint_metric(metric: str, checkpoint: str) -> str:
@@ -97,24 +107,7 @@ def check_store(tracking_uri: str) -> None:
     Raises:
         ReportError: naming the path the URI points to.
     """
-    if not tracking_uri.startswith("sqlite:"):
-        return
-    from sqlalchemy.engine import make_url  # MLflow's own dependency; parses the URI as MLflow will
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        database = make_url(tracking_uri).database
-    except ArgumentError:
-        raise ReportError(
-            f"cannot parse the tracking URI {tracking_uri!r}: a SQLite store is sqlite:///<relative path> or "
-            "sqlite:////<absolute path>"
-        ) from None
-    path = Path(database).expanduser().absolute() if database and database != ":memory:" else None
-    if path is not None and not path.is_file():
-        raise ReportError(
-            f"no MLflow store at {path} (from {tracking_uri}); check --tracking-uri: a report only reads a store "
-            "and does not create one"
-        )
+    check_store_exists(tracking_uri, ReportError, "a report only reads a store and does not create one")
 
 
 def fetch_runs(
@@ -142,3 +135,53 @@ def fetch_runs(
             if sweep in run.data.tags.get(SWEEPS_TAG, "").split():
                 runs.setdefault(run.info.run_id, run)
     return list(runs.values())
+
+
+def _where(experiments: Sequence[str], filter_string: str) -> str:
+    named = f" in {', '.join(map(repr, experiments))}" if experiments else ""
+    return named + (" with that --filter" if filter_string.strip() else "")
+
+
+def sweep_statuses(client: MlflowClient, ids: Sequence[str], sweep: str) -> Counter[str]:
+    """How many runs of the experiments ``ids``, of any status, the Hydra sweep ``sweep`` ran or reused."""
+    like = f"tags.{SWEEPS_TAG} LIKE {quoted(f'%{sweep}%', error=ReportError)}"
+    runs = client.search_runs(list(ids), like, max_results=MAX_RESULTS) if ids else []
+    return Counter(r.info.status for r in runs if sweep in r.data.tags.get(SWEEPS_TAG, "").split())
+
+
+def newest_sweeps(client: MlflowClient, ids: Sequence[str], shown: int = 5) -> list[str]:
+    """The ids of the sweeps that ran the newest runs of the experiments ``ids`` (a reuse counts as the later)."""
+    order = ["attributes.start_time DESC"]
+    runs = client.search_runs(list(ids), f"tags.{SWEEPS_TAG} LIKE '%'", order_by=order, max_results=500) if ids else []
+    found = dict.fromkeys(sweep for run in runs for sweep in reversed(run.data.tags[SWEEPS_TAG].split()))
+    return list(found)[:shown]
+
+
+def empty_selection(
+    client: MlflowClient, experiments: Sequence[str], filter_string: str = "", sweeps: Sequence[str] = ()
+) -> str:
+    """Why a selection holds no FINISHED run, for the error that says so: no run carries the sweep (and which
+    sweeps the newest runs carry), or its runs did not finish or do not match the filter."""
+    ids = experiment_ids(client, experiments, error=ReportError)
+    where = _where(experiments, "")
+    if not sweeps:
+        return f"no FINISHED run{_where(experiments, filter_string)}; `transfuse-runs list` shows runs of any status"
+    named = " ".join(sweeps)
+    statuses = sum((sweep_statuses(client, ids, sweep) for sweep in sweeps), Counter())
+    if not statuses:
+        newest = newest_sweeps(client, ids)
+        known = f"newest sweeps: {', '.join(newest)}" if newest else "no run carries a sweep id"
+        return f"no run{where} carries --sweep {named} ({known})"
+    ran = f"--sweep {named} ran {statuses.total()} run(s){where} ("
+    ran += ", ".join(f"{n} {status}" for status, n in statuses.most_common()) + ")"
+    if statuses["FINISHED"] and filter_string.strip():
+        return f"{ran}, but no FINISHED one matches that --filter"
+    return f"{ran}, none FINISHED"
+
+
+def missing_metric(runs: Sequence[Run], metric: str, sweeps: Sequence[str] = ()) -> str:
+    """The error for selected runs none of which has ``metric``: the metrics they have, closest first."""
+    of = f" of --sweep {' '.join(sweeps)}" if sweeps else ""
+    last = " (--checkpoint last reads test/x as test_last/x)" if metric.startswith("test_last/") else ""
+    names = sorted({name for run in runs for name in run.data.metrics})
+    return f"no FINISHED run{of} with metric {metric!r} matches{last} (metrics they have: {closest(metric, names)})"

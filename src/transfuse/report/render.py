@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from transfuse.errors import ReportError
+from transfuse.report.checks import MIXED_MARK
 from transfuse.report.query import CHECKPOINTS
 from transfuse.report.table import Cell, Table
 
@@ -22,25 +23,28 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4f}"
 
 
-def _text(cell: Cell, error: str, plus_minus: str, bold: str) -> str:
-    """``mean ± error`` of a cell (the mean alone for a single run, ``n/a`` where no run), ``bold`` if best."""
+def _text(cell: Cell, error: str, plus_minus: str, bold: str, mark: str) -> str:
+    """``mean ± error`` of a cell (the mean alone for a single run, ``n/a`` where no run), ``bold`` if best,
+    followed by ``mark`` if its runs differ in more than the seed."""
     if cell.group is None:
         return "n/a"
     text = _number(cell.group.mean)
     if cell.group.n > 1:
         text += f" {plus_minus} {_number(cell.error(error))}"
-    return bold.format(text) if cell.best else text
+    text = bold.format(text) if cell.best else text
+    return text + mark if cell.mixed else text
 
 
 def to_markdown(table: Table) -> str:
-    """A Markdown table, the best of each column in bold, with the caption below it."""
+    """A Markdown table, the best of each column in bold, with the caption below it and a paragraph for each
+    problem (a cell mixing recipes, marked †; a column mixing test data)."""
     n_column = not table.column_keys
     header = [*table.row_keys, *table.header, *(["n"] if n_column else [])]
     lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
     for row in table.rows:
-        cells = [_text(c, table.error, "±", "**{}**") for c in row.cells]
+        cells = [_text(c, table.error, "±", "**{}**", f" {MIXED_MARK}") for c in row.cells]
         lines.append(f"| {' | '.join([*row.key, *cells, *([str(row.n)] if n_column else [])])} |")
-    lines.append(f"\n{table.caption}")
+    lines += [f"\n{text}" for text in [table.caption, *table.notes]]
     return "\n".join(lines)
 
 
@@ -76,6 +80,7 @@ _LATEX = str.maketrans(
         "<": r"\textless{}",  # the default OT1 font encoding prints < and > as inverted ! and ?
         ">": r"\textgreater{}",
         "±": r"$\pm$",
+        MIXED_MARK: r"\textsuperscript{\textdagger}",
     }
 )
 
@@ -91,15 +96,16 @@ def latex_escape(text: str) -> str:
 
 def to_latex(table: Table) -> str:
     """A booktabs ``tabular`` (``\\usepackage{booktabs}``), the best of each column in ``\\textbf``, the caption
-    as a comment above it (escaped, so it can become the ``\\caption``)."""
+    and its notes as comments above it (escaped, so they can become the ``\\caption``)."""
     n_column = not table.column_keys
     header = [*table.row_keys, *table.header, *(["n"] if n_column else [])]
     spec = "l" * len(table.row_keys) + "r" * (len(header) - len(table.row_keys))
-    lines = [f"% {latex_escape(table.caption)}", f"\\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    lines = [f"% {latex_escape(text)}" for text in [table.caption, *table.notes]]
+    lines += [f"\\begin{{tabular}}{{{spec}}}", r"\toprule"]
     lines.append(" & ".join(latex_escape(h) for h in header) + r" \\")
     lines.append(r"\midrule")
     for row in table.rows:
-        cells = [_text(c, table.error, r"$\pm$", r"\textbf{{{}}}") for c in row.cells]
+        cells = [_text(c, table.error, r"$\pm$", r"\textbf{{{}}}", latex_escape(MIXED_MARK)) for c in row.cells]
         lines.append(" & ".join([*map(latex_escape, row.key), *cells, *([str(row.n)] if n_column else [])]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

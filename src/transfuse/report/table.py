@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from transfuse.errors import ReportError
-from transfuse.report.query import CHECKPOINTS, check_keys, field
+from transfuse.report.checks import MixedData, MixedRecipes, differing_keys, recipes, tested_on
+from transfuse.report.query import CHECKPOINTS, check_keys
+from transfuse.report.query import field as run_field
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -24,10 +26,12 @@ ERRORS = {"std": "sample standard deviation (n - 1)", "sem": "standard error of 
 
 @dataclass
 class Group:
-    """One row of a results table: the runs sharing the same values of the grouping keys."""
+    """One row of a results table: the runs sharing the same values of the grouping keys, and their metric
+    ``values`` (``runs``, in the same order, let a table check that they are comparable)."""
 
     key: tuple[str, ...]
     values: list[float]
+    runs: list[Run] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -62,26 +66,31 @@ def summarise(runs: Sequence[Run], rows: Sequence[str], metric: str, order: Sequ
         ReportError: a key of ``rows`` that none of the runs has (a typo, rather than a group of ``None``).
     """
     check_keys(runs, rows)
-    groups: dict[tuple[str, ...], list[float]] = {}
+    groups: dict[tuple[str, ...], Group] = {}
     for run in runs:
         value = run.data.metrics.get(metric)
         if value is not None:
-            groups.setdefault(tuple(str(field(run, k)) for k in rows), []).append(value)
+            key = tuple(str(run_field(run, k)) for k in rows)
+            group = groups.setdefault(key, Group(key, []))
+            group.values.append(value)
+            group.runs.append(run)
     rank = {name: i for i, name in enumerate(order)}
 
     def position(group: Group) -> tuple:
         return (rank.get(group.key[0], len(rank)), *(_natural(v) for v in group.key))
 
-    return sorted((Group(k, v) for k, v in groups.items()), key=position)
+    return sorted(groups.values(), key=position)
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One metric of one group; ``group`` is None where no run has it, ``best`` marks the column's best mean."""
+    """One metric of one group; ``group`` is None where no run has it, ``best`` marks the column's best mean,
+    ``mixed`` a group whose runs differ in more than the seed."""
 
     metric: str
     group: Group | None
     best: bool = False
+    mixed: bool = False
 
     def error(self, kind: str) -> float:
         """The ± shown (``std`` or ``sem``); NaN for an empty cell or a single run."""
@@ -107,6 +116,8 @@ class Table:
     ``column_keys`` are the grouping keys pivoted into columns (their values head the value columns, and n per
     cell is in the caption); without them the table has an ``n`` column. ``error`` and ``checkpoint`` are the
     keys of :data:`ERRORS` and :data:`~transfuse.report.query.CHECKPOINTS` that the caption spells out.
+    ``problems`` are the cells that mix recipes and the columns that mix test data; each is a note below the
+    caption, and ``--strict`` refuses the table.
     """
 
     row_keys: tuple[str, ...]
@@ -116,10 +127,36 @@ class Table:
     error: str
     checkpoint: str
     caption: str
+    problems: tuple[MixedRecipes | MixedData, ...] = ()
+
+    @property
+    def notes(self) -> list[str]:
+        """What the caption adds about the problems, one line each."""
+        return [problem.note() for problem in self.problems]
 
 
-def _flagged(metric: str, group: Group | None, best: float) -> Cell:
-    return Cell(metric, group, group is not None and group.mean == best)
+def _flagged(metric: str, group: Group | None, best: float, mixed: set[int]) -> Cell:
+    return Cell(metric, group, group is not None and group.mean == best, group is not None and id(group) in mixed)
+
+
+def _mixed_recipes(cells: Mapping[str, Group]) -> dict[int, MixedRecipes]:
+    """The cells (label -> group) whose runs come from more than one recipe, by ``id`` of their group."""
+    found = {}
+    for label, group in cells.items():
+        groups = recipes(group.runs)
+        if len(groups) > 1:
+            found[id(group)] = MixedRecipes(label, len(groups), differing_keys(groups))
+    return found
+
+
+def _mixed_data(column: str, metric: str, cells: Mapping[str, Group | None]) -> MixedData | None:
+    """The column (its row label -> group) if its rows were tested on more than one dataset."""
+    rows: dict[str, list[str]] = {}
+    for label, group in cells.items():
+        tested = {tested_on(run, metric) for run in group.runs} if group else set()
+        for data in sorted(tested - {None}):  # None: a run without data tags, or a metric of no data
+            rows.setdefault(data, []).append(label)
+    return MixedData(column, rows) if len(rows) > 1 else None
 
 
 def build_table(
@@ -135,7 +172,8 @@ def build_table(
     Several metrics become the value columns, one row per group, with the n of the first metric. One metric with
     ``columns`` is pivoted: one row per value of the row keys and one column per value of the column keys
     (``rows=method, columns=pair`` gives one row per method and one column per pair). The best mean of each
-    column is flagged, the smallest for metrics in ``lower``.
+    column is flagged, the smallest for metrics in ``lower``, unless its rows were tested on different data. Cells
+    whose runs differ in more than the seed are marked; both problems are spelled out below the caption.
 
     Raises:
         ReportError: several metrics with ``columns``, or no row key.
@@ -156,26 +194,40 @@ def build_table(
         row_values = list(dict.fromkeys(g.key[:split] for g in groups))
         col_values = sorted({g.key[split:] for g in groups}, key=lambda key: [_natural(v) for v in key])
         cells = {(g.key[:split], g.key[split:]): g for g in groups}
-        best = {c: pick[metric](g.mean for (_, gc), g in cells.items() if gc == c) for c in col_values}
         header = tuple(" / ".join(c) for c in col_values)
-        body = []
+        mixed = _mixed_recipes({f"{' / '.join(r)} [{' / '.join(c)}]": g for (r, c), g in cells.items()})
+        data = {}
+        for c, name in zip(col_values, header, strict=True):
+            column = {" / ".join(r): cells.get((r, c)) for r in row_values}
+            data[c] = _mixed_data(f"{', '.join(columns)} = {name}", metric, column)
+        best = {
+            c: math.nan if data[c] else pick[metric](g.mean for (_, gc), g in cells.items() if gc == c)
+            for c in col_values
+        }
+        body, marked = [], set(mixed)
         for r in row_values:
-            line = tuple(_flagged(metric, cells.get((r, c)), best[c]) for c in col_values)
+            line = tuple(_flagged(metric, cells.get((r, c)), best[c], marked) for c in col_values)
             body.append(Row(r, line, sum(c.group.n for c in line if c.group)))
         what = f"{metric} (mean ± {error})"
     else:
         by_key = {name: {g.key: g for g in groups} for name, groups in tables.items()}
         keys = [g.key for g in tables[names[0]]]
         keys += [k for name in names[1:] for k in by_key[name] if k not in keys]
-        best = {n: pick[n]((g.mean for g in tables[n]), default=math.nan) for n in names}
+        mixed = {}
+        for n in names:
+            mixed |= _mixed_recipes({" / ".join(g.key): g for g in tables[n]})
+        data = {n: _mixed_data(n, n, {" / ".join(k): by_key[n].get(k) for k in keys}) for n in names}
+        best = {n: math.nan if data[n] else pick[n]((g.mean for g in tables[n]), default=math.nan) for n in names}
         header = tuple(f"{n} (mean ± {error})" for n in names)
-        body = []
+        body, marked = [], set(mixed)
         for key in keys:
-            line = tuple(_flagged(n, by_key[n].get(key), best[n]) for n in names)
+            line = tuple(_flagged(n, by_key[n].get(key), best[n], marked) for n in names)
             body.append(Row(key, line, line[0].group.n if line[0].group else 0))
         what = f"{names[0]} (mean ± {error})" if len(names) == 1 else f"mean ± {error}"
     counts = sorted({c.group.n for row in body for c in row.cells if c.group})
     n = "0" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     parts = [f"{what}, n = {n} runs per cell", *([f"columns: {', '.join(columns)}"] if columns else [])]
     caption = "; ".join([*parts, f"± = {ERRORS[error]}", f"checkpoint: {CHECKPOINTS[checkpoint]}"])
-    return Table(tuple(rows), tuple(columns), header, tuple(body), error, checkpoint, caption)
+    notes = {p.note(): p for p in mixed.values()}  # a row mixed in several metrics is noted once
+    notes |= {p.note(): p for p in data.values() if p is not None}
+    return Table(tuple(rows), tuple(columns), header, tuple(body), error, checkpoint, caption, tuple(notes.values()))

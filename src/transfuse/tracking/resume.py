@@ -101,7 +101,7 @@ class ResumeCheckpoints(Callback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_suffix(".tmp")
-        trainer.save_checkpoint(staging)
+        trainer.save_checkpoint(staging, weights_only=False)  # the full state a resume needs
         os.replace(staging, self.path)  # a kill while writing leaves the previous checkpoint whole
         self._saved_at = time.monotonic()
         callback = trainer.checkpoint_callback

@@ -6,6 +6,7 @@ A run records plain values (ids, names, counts): it does not know how weights we
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import subprocess
 import sys
@@ -21,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from transfuse.errors import Preempted
 from transfuse.tracking.liveness import Heartbeat
+from transfuse.tracking.relocate import misplaced
 from transfuse.tracking.sender import Sender
-from transfuse.tracking.store import artifact_location, open_store, store_lock
+from transfuse.tracking.store import artifact_location, open_store, sqlite_path, store_lock
 from transfuse.tracking.tags import PREEMPTED_TAG, RESUMED_TAG, SOURCE_RUN_TAG, SOURCE_TAG, SWEEPS_TAG
 
 if TYPE_CHECKING:
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000
+#: a run's page in the MLflow UI; ``workflowType`` opens the model-training view (MLflow 3 opens in its GenAI mode)
+RUN_PAGE = "#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+#: where ``mlflow ui`` serves by default
+LOCAL_UI = "http://127.0.0.1:5000"
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -66,6 +72,29 @@ def git_commit() -> str:
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def ui_lines(tracking_uri: str, experiment_id: str, run_id: str) -> list[str]:
+    """How to open a run in the MLflow UI: its page on a tracking server; for a local store, the ``mlflow ui``
+    command to start (with the store's absolute path, so it works from any folder) and the page it will serve.
+
+    >>> ui_lines("http://host:5000", "1", "abc")
+    ['http://host:5000/#/experiments/1/runs/abc?workflowType=machine_learning']
+    """
+    page = RUN_PAGE.format(experiment_id=experiment_id, run_id=run_id)
+    shown = re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", tracking_uri)  # a password in the URI is not printed
+    if tracking_uri.startswith(("http://", "https://")):
+        return [f"{shown.rstrip('/')}/{page}"]
+    if tracking_uri.startswith("databricks"):  # no local UI to start
+        return []
+    database = sqlite_path(tracking_uri)
+    if database is not None:
+        store = f"sqlite:///{database}"
+    elif "://" not in tracking_uri or tracking_uri.startswith("file:"):  # a folder of runs (file store)
+        store = Path(tracking_uri.removeprefix("file://")).expanduser().resolve().as_uri()
+    else:
+        store = shown
+    return [f"mlflow ui --backend-store-uri {shlex.quote(store)}", f"{LOCAL_UI}/{page}"]
+
+
 def hydra_tags() -> dict[str, str]:
     """Overrides and, in multirun, the sweep id and job number of the current Hydra job (if any)."""
     from hydra.core.hydra_config import HydraConfig
@@ -84,8 +113,10 @@ def hydra_tags() -> dict[str, str]:
 class TrackedRun:
     """An open MLflow run, with the helpers the training flow calls."""
 
-    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, sender: Sender | None = None) -> None:
-        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+    def __init__(
+        self, client: MlflowClient, run_id: str, experiment_id: str, sender: Sender | None = None, name: str = ""
+    ) -> None:
+        self.client, self.run_id, self.experiment_id, self.name = client, run_id, experiment_id, name
         #: writes made during a fit go through it, so an unreachable server does not block training
         self.sender = sender or Sender(client.tracking_uri)
         #: metrics logged through :meth:`log_metrics`, returned with the run's results
@@ -173,17 +204,26 @@ def tracked_run(
             experiment_id = experiment.experiment_id
         else:
             experiment_id = experiment.experiment_id
+    if experiment is not None and misplaced(tracking_uri, experiment_name, experiment.artifact_location):
+        log.warning(
+            "experiment %r keeps its artifacts in %s, outside this store's folder (a copied store?); "
+            "`transfuse-runs relocate --tracking-uri %s` moves them beside it",
+            experiment_name,
+            experiment.artifact_location,
+            tracking_uri,
+        )
     commit = git_commit()
     all_tags = {
         "git_commit": commit,
         "mlflow.source.git.commit": commit,
         "command": shlex.join(sys.argv),
         **hydra_tags(),
-        **{k: str(v) for k, v in (tags or {}).items()},
+        **{k: str(v) for k, v in (tags or {}).items() if v is not None},  # unset (e.g. study_run): no tag
     }
     if resume_run_id is None:
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
-        log.info("MLflow run %s (%s) in experiment %r at %s", run_id, run_name, experiment_name, tracking_uri)
+        created = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info
+        run_id, name = created.run_id, created.run_name
+        opened = f"run {name} ({run_id}) in experiment {experiment_name}"
     else:
         run_id = resume_run_id
         previous = client.get_run(run_id)
@@ -191,9 +231,11 @@ def tracked_run(
         times = int(previous.data.tags.get(RESUMED_TAG, "0")) + 1
         for key, value in {**all_tags, RESUMED_TAG: str(times), PREEMPTED_TAG: "false"}.items():
             client.set_tag(run_id, key, value)
-        log.info("MLflow run %s (%s) resumed (time %d) at %s", run_id, previous.info.run_name, times, tracking_uri)
+        name = previous.info.run_name
+        opened = f"run {name} ({run_id}) in experiment {experiment_name}, resumed (time {times})"
+    log.info("\n  ".join([opened, *ui_lines(tracking_uri, experiment_id, run_id)]))
     heartbeat = Heartbeat(client, run_id).start()
-    run = TrackedRun(client, run_id, experiment_id)
+    run = TrackedRun(client, run_id, experiment_id, name=name)
     try:
         yield run
     except BaseException as err:

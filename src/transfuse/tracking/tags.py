@@ -3,6 +3,8 @@ can name them without loading MLflow."""
 
 #: tag holding the config hash of a run (see :func:`transfuse.sweeps.config_hash`)
 HASH_TAG = "config_hash"
+#: tag holding a run's config hash computed without its seed (see :func:`transfuse.sweeps.recipe_hash`)
+RECIPE_TAG = "recipe_hash"
 #: tag listing (space-separated) every Hydra sweep that ran or reused a run
 SWEEPS_TAG = "sweeps"
 #: tag naming the run whose checkpoint a run started from

@@ -96,9 +96,11 @@ def head_policy(
             f"{_short(class_names)}; its head cannot be evaluated here"
         )
     rows = _mapped_rows(class_map or {}, checkpoint, class_names)
-    reason = (
-        f"classes differ (checkpoint: {_short(was)}, data: {_short(class_names)}): the classifier is re-initialised"
-    )
+    if names_differ or checkpoint.class_names is None:
+        why = f"classes differ (checkpoint: {_short(was)}, data: {_short(class_names)})"
+    else:  # same classes, another head shape: e.g. a test_resnet checkpoint for a resnet18 classifier
+        why = "the classes match but the classifier's shape differs (another backbone or head?)"
+    reason = f"{why}: the classifier is re-initialised"
     return HeadPolicy(True, reason, tuple(rows))
 
 

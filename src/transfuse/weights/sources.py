@@ -23,6 +23,7 @@ from torch import Tensor
 from transfuse.config import is_none
 from transfuse.errors import WeightsError
 from transfuse.models.backbones import TimmBackbone
+from transfuse.tracking.listing import newest_runs_hint
 from transfuse.tracking.query import newest_finished
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,9 @@ def _run_checkpoint(client: MlflowClient, run_id: str, artifact: str) -> Checkpo
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise WeightsError(f"no MLflow run with id {run_id!r} in {client.tracking_uri}") from None
+        raise WeightsError(
+            f"no MLflow run with id {run_id!r} in {client.tracking_uri}; {newest_runs_hint(client)}"
+        ) from None
     with tempfile.TemporaryDirectory(prefix="transfuse-weights-") as directory:
         try:
             local = client.download_artifacts(run_id, artifact, directory)
