@@ -16,8 +16,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from mlflow import MlflowClient
-
 from scripts._servers import Unavailable, mlflow_server, postgres
+
 from tests.conftest import FAST, run_cli
 from transfuse.weights.sources import read_file
 
@@ -85,7 +85,9 @@ def test_sweep_finetune_fusion_and_report_through_a_postgres_backed_server(tmp_p
     )
     assert fusion.returncode == 0, fusion.stderr[-3000:]
 
-    report = run_cli("transfuse.report.cli", ["--experiment", EXPERIMENT, "--tracking-uri", uri, "--rows", "tags.stage"], tmp_path)
+    report = run_cli(
+        "transfuse.report.cli", ["--experiment", EXPERIMENT, "--tracking-uri", uri, "--rows", "tags.stage"], tmp_path
+    )
     assert report.returncode == 0, report.stderr[-3000:]
 
     runs = client.search_runs([experiment_id])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def readme_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     script, matched = runnable(commands(README.read_text()))
     assert matched == set(SKIPPED), f"skip patterns that no longer match the README: {set(SKIPPED) - matched}"
     result = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + "\n".join(f"echo '+ {c[:60]}'\n{c}" for c in map(str, script))],
+        ["bash", "-c", "set -euo pipefail\n" + "\n".join(f"echo {shlex.quote('+ ' + c)}\n{c}" for c in script)],
         cwd=work, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     output = result.stdout + result.stderr

@@ -92,9 +92,17 @@ def output_dir() -> str:
     return str(hc.run.dir)
 
 
+def if_cuda(on_gpu: object, on_cpu: object) -> object:
+    """``${if_cuda:<value on GPUs>,<value on CPUs>}``: ``trainer=ddp`` runs as it is on a GPU node and on a laptop
+    (SyncBatchNorm and mixed precision need GPUs; on CPUs two gloo processes stand in for the devices)."""
+    import torch
+
+    return on_gpu if torch.cuda.is_available() else on_cpu
+
+
 def register_resolvers() -> None:
     """Register ``${timm:<model>,<field>}``, ``${selection_tag:<monitor>}``, ``${len:<list>}``, ``${uid:}`` and
-    ``${same_study:<study_run>}``, ``${output_dir:}``; safe to call more than once."""
+    ``${same_study:<study_run>}``, ``${output_dir:}``, ``${if_cuda:<a>,<b>}``; safe to call more than once."""
     if not OmegaConf.has_resolver("timm"):
         OmegaConf.register_new_resolver("timm", timm_default)
     if not OmegaConf.has_resolver("selection_tag"):
@@ -102,9 +110,13 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", len)
     if not OmegaConf.has_resolver("uid"):
-        OmegaConf.register_new_resolver("uid", process_id)
+        # cached: a launcher that runs jobs in other processes (joblib, submitit) hands its value to every job,
+        # so all jobs of a sweep share the sweep's folder, as ${now:} does
+        OmegaConf.register_new_resolver("uid", process_id, use_cache=True)
     if not OmegaConf.has_resolver("output_dir"):
         OmegaConf.register_new_resolver("output_dir", output_dir)
+    if not OmegaConf.has_resolver("if_cuda"):
+        OmegaConf.register_new_resolver("if_cuda", if_cuda)
     if not OmegaConf.has_resolver("same_study"):
         OmegaConf.register_new_resolver("same_study", same_study)
 

@@ -30,7 +30,8 @@ class ReportError(TransfuseError):
 
 
 class Preempted(BaseException):
-    """The job received SIGTERM or SIGUSR1 (a scheduler preempting it); raised at the next batch boundary.
+    """The job received SIGTERM, SIGUSR1 or SIGUSR2 (a scheduler preempting it or warning of its time limit);
+    raised at the next batch boundary.
 
     A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it.
     """

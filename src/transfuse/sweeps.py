@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from transfuse.errors import Preempted, TransfuseError
 from transfuse.launch import job_failed
 from transfuse.overrides import check_job_overrides
+from transfuse.ranks import is_rank_zero
 from transfuse.tracking.tags import HASH_TAG, RECIPE_TAG, SWEEPS_TAG
 
 if TYPE_CHECKING:
@@ -146,11 +148,24 @@ def run_or_reuse(
     return task(cfg)
 
 
-def _requeue() -> None:
-    """Under Slurm, ask for this job to be queued again (what a ``--requeue`` job expects on preemption)."""
+def _requeue(signum: int) -> int:
+    """Ask the scheduler running this preempted job to queue it again; returns the status the job exits with.
+
+    Called once the run has ended KILLED with its checkpoint uploaded, so the requeued job never races this one
+    for the run. Under Slurm: ``scontrol requeue``, what submitit's own SIGUSR2 handler does (the Preemption
+    callback takes that signal over during the fit, as that handler would exit mid-batch), then 128 + signum.
+    Under submitit's local executor, its time-limit signal (SIGUSR2) ends the job with the status on which its
+    controller starts the job again, the local stand-in for a Slurm requeue; SIGTERM or SIGUSR1 there is someone
+    stopping the job, which stays stopped.
+    """
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+        from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+        return LOCAL_REQUEUE_RETURN_CODE if signum == signal.SIGUSR2 else 128 + signum
     job = os.environ.get("SLURM_JOB_ID")
-    if job and shutil.which("scontrol"):
+    if job and shutil.which("scontrol") and is_rank_zero():  # one request per job, as submitit's handler does
         subprocess.run(["scontrol", "requeue", job], check=False, capture_output=True, timeout=30)
+    return 128 + signum
 
 
 def input_error(err: BaseException) -> TransfuseError | None:
@@ -183,12 +198,12 @@ def run_job(
         check_job_overrides(cfg)  # a typo taken as a new key (+optimzer.lr=0.1) would be silently ignored
         metrics = run_or_reuse(cfg, task) if reuse else task(cfg)
     except Preempted as err:
-        _requeue()
+        status = _requeue(err.signum)
         print(
             f"{prog}: preempted ({err}): the run saved its last full checkpoint; relaunch the same command to resume",
             file=sys.stderr,
         )
-        raise SystemExit(128 + err.signum) from None
+        raise SystemExit(status) from None
     except Exception as err:
         cause = input_error(err)
         if cause is None:

@@ -20,6 +20,7 @@ from transfuse.config import CONF_DIR, is_none, register_resolvers
 from transfuse.console import quiet_libraries, result_table
 from transfuse.errors import ConfigError
 from transfuse.launch import launch
+from transfuse.ranks import is_rank_zero, shared_checkpoint
 from transfuse.sweeps import config_hash, recipe_hash, run_job
 from transfuse.tracking.tags import HASH_TAG, RECIPE_TAG
 
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from transfuse.ddp import cluster_plugins
     from transfuse.models.build import build_model
     from transfuse.tracking import artifacts
     from transfuse.tracking.cadence import StepLogInterval
@@ -68,6 +70,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from transfuse.transferability import score_model
     from transfuse.weights import InitSpec, initialise
 
+    if not is_rank_zero():  # another process of a DDP job: computes with rank 0, which speaks for the job
+        logging.getLogger("transfuse").setLevel(logging.WARNING)
     init = InitSpec.from_config(cfg.init)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.datamodule)
@@ -84,7 +88,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loaded = initialise(model, init, client, datamodule.class_names, cfg.stage.on_head_mismatch)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
     digest = config_hash(cfg)
-    resumed = resume_target(client, cfg.resume, cfg.logger.experiment_name, digest) if cfg.stage.fit else None
+    resumable = cfg.stage.fit and is_rank_zero()  # rank 0 decides; the processes it starts follow (shared_checkpoint)
+    resumed = resume_target(client, cfg.resume, cfg.logger.experiment_name, digest) if resumable else None
     tags = {**cfg.tags, HASH_TAG: digest, RECIPE_TAG: recipe_hash(cfg)}
     resume_id = resumed.info.run_id if resumed is not None else None
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags, resume_id) as run:
@@ -102,12 +107,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger = run.logger(**cfg.logger.metrics)
         if resumed is not None:
             logger.skip_stored()
-        trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+        trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=cluster_plugins())
         seconds: dict[str, float] = {}
         last: dict[str, float] = {}
         if cfg.stage.fit:
             start = time.perf_counter()
-            state = restore_files(run, checkpoints) if resumed is not None else None
+            state = shared_checkpoint(restore_files(run, checkpoints) if resumed is not None else None)
             try:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=state, weights_only=True)
             except BaseException:

@@ -31,7 +31,7 @@ class AdaptClassifier(ImageClassifier):
     def __init__(self, alignment: AlignmentFactory, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.alignment = alignment(self.backbone.num_features)
-        metrics = classification_metrics(len(self.class_names), self.hparams.ece_bins)
+        metrics = classification_metrics(len(self.class_names), self.hparams.ece_bins, self.criterion)
         self.eval_metrics = nn.ModuleDict(
             {
                 "val_source": self.val_metrics,
@@ -65,9 +65,6 @@ class AdaptClassifier(ImageClassifier):
         metrics.update(logits, labels)
         if metrics is self.test_metrics:  # the target test split feeds the run's figures
             self.test_predictions.update(logits, labels)
-        name = {"val_source": "val", "test_target": "test"}.get(f"{split}_{domain}", f"{split}_{domain}")
-        loss = self.criterion(logits, labels)
-        self.log(self.logged_name(f"{name}/loss"), loss, batch_size=len(labels), add_dataloader_idx=False)
         if split == "val":
             self._features[domain].append(features.detach().cpu())
 
@@ -92,4 +89,4 @@ class AdaptClassifier(ImageClassifier):
         )
         self._features = {d: [] for d in DOMAINS}
         if source is not None and len(source) >= 4 and len(target) >= 4:
-            self.log("val/proxy_a_distance", proxy_a_distance(source, target))
+            self.log("val/proxy_a_distance", proxy_a_distance(source, target), sync_dist=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transfuse.data.splits import per_class_subset, stratified_split
 from transfuse.data.transforms import BatchTransform, RandomAffine
@@ -65,6 +65,21 @@ class TensorBatches(Dataset):
 
 def _keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
+
+
+def _test_shard(dataset: Dataset) -> Sampler | None:
+    """In a DDP job, this process's share of the test split, each image exactly once over all processes.
+
+    Lightning's own distributed sampler pads the split with repeated images so that every process gets as many;
+    test metrics must count the split as one process would (the test loop runs unwrapped, without collectives per
+    batch, so uneven shares are safe). None outside DDP.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
 
 class InMemoryImageDataModule(L.LightningDataModule):
@@ -171,10 +186,12 @@ class InMemoryImageDataModule(L.LightningDataModule):
         _ = self.splits
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = TensorBatches(self.splits[split])
         return DataLoader(
-            TensorBatches(self.splits[split]),
+            dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=_test_shard(dataset) if split == "test" else None,
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
             persistent_workers=self.num_workers > 0,

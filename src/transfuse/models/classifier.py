@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch import Callback
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassF1Score
 
 from transfuse.data.transforms import BatchTransform
@@ -46,15 +46,39 @@ class TrainOutputs:
     terms: dict[str, Tensor] = field(default_factory=dict)
 
 
-def classification_metrics(num_classes: int, ece_bins: int = 15) -> MetricCollection:
-    """Accuracy, macro-F1 and expected calibration error, the figures every run reports."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-            "ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1"),
-        }
-    )
+class MeanLoss(Metric):
+    """The criterion's mean over every image seen: summed per image, so uneven batches, and the uneven test shares
+    of DDP processes, weigh each image once (Lightning's synced mean of logged values did not match one process)."""
+
+    full_state_update = False
+
+    def __init__(self, criterion: nn.Module) -> None:
+        super().__init__()
+        self.criterion = criterion
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        self.total += self.criterion(logits, labels).double() * len(labels)  # the criterion's batch mean
+        self.count += len(labels)
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count).float()
+
+
+def classification_metrics(
+    num_classes: int, ece_bins: int = 15, criterion: nn.Module | None = None
+) -> MetricCollection:
+    """Accuracy, macro-F1 and expected calibration error, the figures every run reports, and with ``criterion``
+    the mean loss (``loss``) of an evaluation split."""
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+        "ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1"),
+    }
+    if criterion is not None:
+        metrics["loss"] = MeanLoss(criterion)
+    return MetricCollection(metrics)
 
 
 class ImageClassifier(L.LightningModule):
@@ -90,10 +114,10 @@ class ImageClassifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.class_names = list(class_names)
-        metrics = classification_metrics(len(self.class_names), ece_bins)
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.train_metrics = classification_metrics(len(self.class_names), ece_bins).clone(prefix="train/")
+        evaluation = classification_metrics(len(self.class_names), ece_bins, self.criterion)
+        self.val_metrics = evaluation.clone(prefix="val/")
+        self.test_metrics = evaluation.clone(prefix="test/")
         #: confusion matrix and reliability bins of the current test pass, for the run's figures
         self.test_predictions = PredictionSummaryMetric(len(self.class_names), ece_bins)
         #: submodules kept in eval mode while training (frozen blocks, frozen BatchNorm statistics); see freeze()
@@ -206,10 +230,11 @@ class ImageClassifier(L.LightningModule):
             terms["penalty"] = penalty
         loss = sum(self.loss_weights.get(name, 1.0) * term for name, term in terms.items())
         self.train_metrics.update(out.logits.detach(), out.labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        # sync_dist: under DDP the logged loss is the mean over all processes (a no-op in one process)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         if len(terms) > 1:  # with cross-entropy alone, train/class_loss would repeat train/loss
             for name, term in terms.items():
-                self.log(f"train/{name}", term, on_step=False, on_epoch=True, batch_size=n)
+                self.log(f"train/{name}", term, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection, split: str) -> None:
@@ -218,7 +243,6 @@ class ImageClassifier(L.LightningModule):
         metrics.update(logits.detach(), labels)
         if split == "test":
             self.test_predictions.update(logits, labels)
-        self.log(self.logged_name(f"{split}/loss"), self.criterion(logits, labels), batch_size=len(labels))
 
     def logged_name(self, key: str) -> str:
         """The name a metric is logged under: ``test/acc`` becomes ``test_last/acc`` inside :meth:`splits_renamed`."""
@@ -242,7 +266,8 @@ class ImageClassifier(L.LightningModule):
         costs about a millisecond a step: as much as a cached linear-probe step itself.
         """
         if any(metric.update_called for metric in metrics.values()):
-            self.log_dict({self.logged_name(k): v for k, v in metrics.compute().items()}, prog_bar=prog_bar)
+            values = {self.logged_name(k): v for k, v in metrics.compute().items()}  # synced over DDP processes
+            self.log_dict(values, prog_bar=prog_bar, sync_dist=True)  # equal on every rank: the mean changes nothing
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:
@@ -256,6 +281,9 @@ class ImageClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch_metrics(self.test_metrics)
+        summary = self.test_summary  # counted over every process of a DDP job: each test image once
+        if summary is not None:
+            self.log(self.logged_name("test/images"), float(summary.total), sync_dist=True)
 
     @property
     def test_summary(self) -> PredictionSummary | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from transfuse.tracking.tags import RECIPE_TAG
@@ -31,6 +32,7 @@ DATA_FREE = ("cost/",)
 SHOWN_KEYS = 4
 
 
+@cache  # asked for every param of every run of a mixed cell: 1.2 million calls in a report over 10,000 runs
 def _not_hashed(key: str) -> bool:
     from transfuse.sweeps import NOT_HASHED  # Hydra: only when old runs are compared by their params
 

@@ -56,7 +56,9 @@ def log_checkpoints(run: TrackedRun, trainer: Trainer, last: Path, last_mode: st
     if last_mode != "none":
         last.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(last, weights_only=last_mode == "weights")
-        staged["last.ckpt"] = str(last)
+        staged["last.ckpt"] = str(last)  # saved by every process of a DDP job (a collective call), written by rank 0
+    if not run.is_writer:
+        return
     with tempfile.TemporaryDirectory() as staging:
         for name, path in staged.items():
             if path:
@@ -87,6 +89,8 @@ def log_plots(
     Returns:
         The names of the files uploaded.
     """
+    if not run.is_writer:
+        return []
     from transfuse.plotting import run as figures
     from transfuse.plotting import save_png
 

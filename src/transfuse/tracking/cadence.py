@@ -34,4 +34,5 @@ class StepLogInterval(Callback):
             return
         batches = training_batches(trainer.datamodule.train_dataloader(), trainer.limit_train_batches)
         if batches:
+            batches = -(-batches // max(trainer.world_size, 1))  # each DDP process takes its share of the batches
             trainer.log_every_n_steps = min(trainer.log_every_n_steps, batches)

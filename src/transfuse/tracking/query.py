@@ -22,6 +22,9 @@ __all__ = ["HASH_TAG", "SOURCE_RUN_TAG", "SOURCE_TAG", "SWEEPS_TAG", "experiment
 FINISHED = "attributes.status = 'FINISHED'"
 #: the most runs one search returns (MLflow's own limit per page is 50,000)
 MAX_RESULTS = 50000
+#: a search of a database store that may return this many runs or more (a report) reads them in bulk
+#: (:mod:`transfuse.tracking.bulk`); one for a single run (the sweep skip check, ``init.weights``) asks MLflow
+BULK_FROM = 1000
 
 
 def experiment_ids(
@@ -70,10 +73,14 @@ def finished_runs(
     """
     from mlflow.exceptions import MlflowException
 
+    from transfuse.tracking import bulk
+
     if not ids:
         return []
     query = " and ".join(q for q in (filter_string.strip(), FINISHED) if q)
     try:
+        if max_results >= BULK_FROM:
+            return bulk.search_runs(client, ids, query, order_by, max_results)
         return list(client.search_runs(list(ids), query, order_by=list(order_by), max_results=max_results))
     except MlflowException as err:
         first = str(err.message).strip().splitlines()[0] if str(err.message).strip() else "cannot be parsed"

@@ -5,7 +5,8 @@
   epoch ends, uploaded to the run as ``checkpoints/resume.ckpt``; the resumed fit redoes the steps after it and
   its logger skips the points the killed process had written already
   (:meth:`~transfuse.tracking.logger.RunLogger.skip_stored`);
-- :class:`Preemption`: SIGTERM and SIGUSR1 (what Slurm sends before preempting) stop the fit after the current
+- :class:`Preemption`: SIGTERM (Slurm's preemption), SIGUSR1 and SIGUSR2 (the time-limit warning that
+  ``hydra/launcher=slurm`` asks for) stop the fit after the current
   batch; the flow then uploads the last full checkpoint, the run ends KILLED and tagged ``preempted``, and the
   command exits with 128 + the signal number (under Slurm after asking ``scontrol requeue``).
 """
@@ -101,8 +102,9 @@ class ResumeCheckpoints(Callback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_suffix(".tmp")
-        trainer.save_checkpoint(staging, weights_only=False)  # the full state a resume needs
-        os.replace(staging, self.path)  # a kill while writing leaves the previous checkpoint whole
+        trainer.save_checkpoint(staging, weights_only=False)  # the full state a resume needs (every rank calls it)
+        if trainer.is_global_zero:  # the one process that wrote the file
+            os.replace(staging, self.path)  # a kill while writing leaves the previous checkpoint whole
         self._saved_at = time.monotonic()
         callback = trainer.checkpoint_callback
         self.best = callback.best_model_path if callback is not None and callback.best_model_path else None
@@ -111,7 +113,7 @@ class ResumeCheckpoints(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Uploaded once the epoch it covers has logged everything (its epoch metrics come after
         # on_train_epoch_end), and after those points: the store never holds a checkpoint ahead of its points.
-        if self.unsent:
+        if self.unsent and self.run.is_writer:
             if isinstance(trainer.logger, RunLogger):
                 trainer.logger.flush()
             self.upload()
@@ -121,7 +123,7 @@ class ResumeCheckpoints(Callback):
 
         Copies are staged first, so the next save cannot change a file while the background upload reads it.
         """
-        if not (self.unsent and self.path.is_file()):
+        if not (self.unsent and self.path.is_file() and self.run.is_writer):
             return
         self._uploads += 1
         staging = self.path.parent / f"upload-{self._uploads}"
@@ -143,6 +145,8 @@ class ResumeCheckpoints(Callback):
         ``last_checkpoint=full`` keeps a full final state on purpose). Stores that cannot delete keep it."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+        if not self.run.is_writer:
+            return
         self.run.sender.drain()
         try:
             uri = self.run.client.get_run(self.run.run_id).info.artifact_uri
@@ -189,10 +193,10 @@ def restore_files(run: TrackedRun, checkpoints: Path) -> str | None:
 
 
 class Preemption(Callback):
-    """Turns SIGTERM and SIGUSR1 into :class:`Preempted` at the next batch boundary (keeping any handler that
-    was there, e.g. Lightning's own)."""
+    """Turns SIGTERM, SIGUSR1 and SIGUSR2 into :class:`Preempted` at the next batch boundary (calling any handler
+    that was there for the first two, e.g. Lightning's own; submitit's SIGUSR2 handler is replaced)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -201,7 +205,8 @@ class Preemption(Callback):
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = signum
         previous = self._previous.get(signum)
-        if callable(previous):
+        # submitit's SIGUSR2 handler requeues and exits at once, mid-batch: this callback takes its place
+        if callable(previous) and signum != signal.SIGUSR2:
             previous(signum, frame)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -21,6 +21,7 @@ from mlflow.entities import Param, Run, RunStatus
 from omegaconf import DictConfig, OmegaConf
 
 from transfuse.errors import Preempted
+from transfuse.ranks import is_rank_zero
 from transfuse.tracking.liveness import Heartbeat
 from transfuse.tracking.relocate import misplaced
 from transfuse.tracking.sender import Sender
@@ -113,6 +114,9 @@ def hydra_tags() -> dict[str, str]:
 class TrackedRun:
     """An open MLflow run, with the helpers the training flow calls."""
 
+    #: whether this process writes to the run: rank 0 does; the other processes of a DDP job get a PassiveRun
+    is_writer = True
+
     def __init__(
         self, client: MlflowClient, run_id: str, experiment_id: str, sender: Sender | None = None, name: str = ""
     ) -> None:
@@ -183,6 +187,35 @@ class TrackedRun:
         self.client.set_tag(self.run_id, "mlflow.note.content", "Fusion of:\n\n" + "\n".join(links))
 
 
+class PassiveRun(TrackedRun):
+    """The run as the other processes of a multi-process job see it: they compute with rank 0 and write nothing
+    (no run, tag, metric, artifact or heartbeat), so one job is one MLflow run whatever the number of processes."""
+
+    is_writer = False
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.client, self.run_id, self.experiment_id, self.name = MlflowClient(tracking_uri), "", "", ""
+        self.sender = None  # type: ignore[assignment]
+        self.logged_scores = {}
+
+    def logger(self, **kwargs: Any) -> RunLogger:
+        from transfuse.tracking.logger import RunLogger
+
+        return RunLogger(tracking_uri=self.client.tracking_uri, **kwargs)  # Lightning logs only on rank 0
+
+    def log_config(self, cfg: DictConfig) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        self.logged_scores.update({key: float(value) for key, value in metrics.items()})
+
+    def log_source(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_members(self, runs: Sequence[Run]) -> None:
+        pass
+
+
 @contextmanager
 def tracked_run(
     tracking_uri: str,
@@ -193,7 +226,11 @@ def tracked_run(
 ) -> Iterator[TrackedRun]:
     """Open a run and always close it: FINISHED on success, KILLED when stopped (Ctrl+C, preemption; a preempted
     run is tagged ``preempted``), FAILED with the error as a tag otherwise. ``resume_run_id`` reopens that run
-    (a relaunch resuming a killed job) instead of creating one. While open, the run carries a heartbeat."""
+    (a relaunch resuming a killed job) instead of creating one. While open, the run carries a heartbeat.
+    In a process other than rank 0 of a multi-process job, nothing is opened: it gets a :class:`PassiveRun`."""
+    if not is_rank_zero():
+        yield PassiveRun(tracking_uri)
+        return
     client = open_store(tracking_uri)
     with store_lock(tracking_uri):  # two jobs of a parallel sweep must not both create the experiment
         experiment = client.get_experiment_by_name(experiment_name)

@@ -72,12 +72,66 @@ def check_reachable(tracking_uri: str, within_s: float = REACH_WITHIN_S) -> None
 
 
 def open_store(tracking_uri: str) -> MlflowClient:
-    """A client whose store exists: a new SQLite database is created (and migrated) by one process at a time.
-    (The entry points first :func:`check_reachable` a tracking server, so that one that is down fails fast.)"""
+    """A client whose store exists: a new SQLite database is created (and migrated) by one process at a time,
+    and a database store gets :func:`add_value_indexes`. (The entry points first :func:`check_reachable` a
+    tracking server, so that one that is down fails fast.)"""
     with store_lock(tracking_uri):  # MlflowClient creates and migrates the schema when it is constructed
         client = MlflowClient(tracking_uri)
         client.search_experiments(max_results=1)
+        add_value_indexes(tracking_uri)
     return client
+
+
+#: the indexes :func:`add_value_indexes` adds: name -> MLflow table
+VALUE_INDEXES = {"transfuse_tags_value": "tags", "transfuse_params_value": "params"}
+
+
+def add_value_indexes(tracking_uri: str) -> None:
+    """Index the values of tags and params in a SQLite or PostgreSQL store, if not done yet.
+
+    MLflow indexes them by key and run only, so a search for one value (the sweep skip check's
+    ``tags.config_hash = '...'``, an ``init.weights`` query) reads that key's value for every run in the store,
+    and grows with it (``scripts/bench_store.py``). SQLite gets a B-tree on (key, value); PostgreSQL a hash index
+    on the value, because its B-tree refuses a value over 2.7 kB, and MLflow keeps up to 6,000 characters. Other
+    stores (a tracking server, MySQL) are left alone: a server's database is indexed by whoever runs it, with the
+    statements of :func:`value_index_statements`.
+    """
+    statements = value_index_statements(tracking_uri)
+    if not statements:
+        return
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(tracking_uri, poolclass=NullPool)
+    try:
+        inspector = inspect(engine)
+        missing = [
+            statement
+            for (name, table), statement in zip(VALUE_INDEXES.items(), statements, strict=True)
+            if name not in {index["name"] for index in inspector.get_indexes(table)}
+        ]
+        if missing:  # checked first: CREATE INDEX IF NOT EXISTS would take SQLite's write lock every time
+            with engine.begin() as connection:
+                for statement in missing:
+                    connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def value_index_statements(tracking_uri: str) -> list[str]:
+    """The ``CREATE INDEX`` statements of :func:`add_value_indexes` for this store's database (none for others).
+
+    >>> value_index_statements("sqlite:///mlflow.db")[0]
+    'CREATE INDEX IF NOT EXISTS transfuse_tags_value ON tags (key, value)'
+    """
+    dialect = tracking_uri.partition(":")[0].partition("+")[0]
+    if dialect == "sqlite":
+        return [f"CREATE INDEX IF NOT EXISTS {name} ON {table} (key, value)" for name, table in VALUE_INDEXES.items()]
+    if dialect == "postgresql":
+        return [
+            f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING hash (value)" for name, table in VALUE_INDEXES.items()
+        ]
+    return []
 
 
 def artifact_location(tracking_uri: str, experiment_name: str) -> str | None:

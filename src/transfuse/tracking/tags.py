@@ -15,7 +15,7 @@ SOURCE_TAG = "init.source"
 HOST_TAG, PID_TAG = "host", "pid"
 #: unix time of the run's last sign of life, refreshed while it runs
 HEARTBEAT_TAG = "heartbeat"
-#: "true" on a run stopped by SIGTERM or SIGUSR1 (preemption): a relaunch resumes it
+#: "true" on a run stopped by SIGTERM, SIGUSR1 or SIGUSR2 (preemption, time limit): a relaunch resumes it
 PREEMPTED_TAG = "preempted"
 #: how many times a run was resumed after its process was killed or preempted
 RESUMED_TAG = "resumed"
