@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -520,3 +521,47 @@ def test_adaptation_runs_are_tested_on_their_target_data(tracking_uri, capsys):
     assert lines[-1] == (  # test_source/acc is the source's test split
         "test_source/acc: no best marked, its rows test on different data (mnist5k: dann, source_only; usps: target)"
     )
+
+
+def test_runs_of_several_installs_commits_or_devices_are_named_and_strict_refuses_them(tracking_uri, capsys):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("setups")
+    setups = [("aaaa", "c1", "CPU X"), ("aaaa", "c1", "CPU X"), ("bbbb", "c2+dirty", "NVIDIA H200 x1")]
+    for seed, (env, commit, device) in enumerate(setups):
+        tags = {"method": "full", "data": "digits", "recipe_hash": "r", "env.hash": env, "git_commit": commit}
+        log_finished(client, experiment, {**tags, "env.device": device}, {"seed": str(seed)}, 0.5 + seed / 10)
+    args = ["--experiment", "setups", "--tracking-uri", tracking_uri, "--metric", "test/acc", "--rows", "tags.method"]
+    main(args)
+    note = capsys.readouterr().out.splitlines()[-1]
+    assert note == (
+        "runs from 2 environments (env.hash): aaaa (2 runs), bbbb (1 run); runs from 2 code versions: c1 (2 runs), "
+        "c2+dirty (1 run); runs from 2 devices: CPU X (2 runs), NVIDIA H200 x1 (1 run); 1 run from code with "
+        "uncommitted changes (+dirty)"
+    )
+    with pytest.raises(SystemExit) as caught:
+        main([*args, "--strict"])
+    assert str(caught.value) == (
+        "transfuse-report: error: --strict: runs come from different environments (env.hash), code versions, "
+        "devices, a dirty tree"
+    )
+    main([*args, "--strict", "--filter", "tags.`env.hash` = 'aaaa'"])  # one install, one commit, one device
+    assert "environments" not in capsys.readouterr().out
+
+
+def test_a_run_records_its_environment(tracking_uri):
+    import torch
+
+    from transfuse.tracking.environment import distributions
+    from transfuse.tracking.run import tracked_run
+
+    with tracked_run(tracking_uri, "env", "one") as run:
+        pass
+    client = MlflowClient(tracking_uri)
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["env.torch"] == torch.__version__.split("+")[0] or tags["env.torch"] == torch.__version__
+    assert tags["env.threads"] == str(torch.get_num_threads())
+    assert len(tags["env.hash"]) == 12 and tags["env.device"]
+    assert tags["mlflow.source.name"]
+    listed = client.download_artifacts(run.run_id, "environment.txt")
+    lines = Path(listed).read_text().splitlines()
+    assert f"torch=={tags['env.torch']}" in lines and lines[-len(distributions()) :] == list(distributions())

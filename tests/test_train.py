@@ -105,7 +105,8 @@ def test_finetune_by_query_starts_from_saved_weights_and_links_lineage(pretraine
     assert finetune.info.status == "FINISHED"
     assert finetune.data.tags["source_run_id"] == run.info.run_id
     assert finetune.data.tags["stage"] == "finetune"
-    assert run.info.run_id in finetune.data.tags["mlflow.note.content"]
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    assert f"]({page})" in finetune.data.tags["mlflow.note.content"]  # opens the model-training view
 
 
 def test_unknown_run_id_fails_clearly_before_any_run(make_config):

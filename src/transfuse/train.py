@@ -8,6 +8,7 @@ only switches its steps on or off. Torch, Lightning and MLflow are imported insi
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,6 +73,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if not is_rank_zero():  # another process of a DDP job: computes with rank 0, which speaks for the job
         logging.getLogger("transfuse").setLevel(logging.WARNING)
+    if cfg.get("deterministic"):  # cuBLAS needs a fixed workspace to be deterministic, set before CUDA starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     init = InitSpec.from_config(cfg.init)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.datamodule)

@@ -126,10 +126,53 @@ class MixedData:
         return f"{self.column} ({', '.join(self.rows)})"
 
 
-def strict_error(problems: Sequence[MixedRecipes | MixedData]) -> str | None:
+#: what the runs of one table should share besides their recipe, with the words a note uses for each
+ENVIRONMENT_KEYS = {"env.hash": "environments (env.hash)", "git_commit": "code versions", "env.device": "devices"}
+
+
+@dataclass(frozen=True)
+class MixedEnvironment:
+    """Runs of one table that ran on different installs, code or devices, or on code with uncommitted changes:
+    ``values`` maps each tag of :data:`ENVIRONMENT_KEYS` that differs to its values and run counts."""
+
+    values: dict[str, dict[str, int]]
+    dirty: int
+
+    def note(self) -> str:
+        """``runs from 2 environments (env.hash): 1aee4c7a0949 (6 runs), 9f0e2b7c11d4 (3 runs)``, and dirty trees."""
+        parts = []
+        for key, counts in self.values.items():
+            listed = ", ".join(f"{value} ({n} run{'s' * (n != 1)})" for value, n in counts.items())
+            parts.append(f"runs from {len(counts)} {ENVIRONMENT_KEYS[key]}: {listed}")
+        if self.dirty:
+            parts.append(f"{self.dirty} run{'s' * (self.dirty != 1)} from code with uncommitted changes (+dirty)")
+        return "; ".join(parts)
+
+    def brief(self) -> str:
+        return ", ".join([*(ENVIRONMENT_KEYS[k] for k in self.values), *(["a dirty tree"] if self.dirty else [])])
+
+
+def mixed_environment(runs: Sequence[Run]) -> MixedEnvironment | None:
+    """The environment problem of a table's runs, None when they share install, commit and device and come from
+    committed code. Runs without a tag (older runs) are not counted for it."""
+    values = {}
+    for key in ENVIRONMENT_KEYS:
+        counts: dict[str, int] = {}
+        for run in runs:
+            if key in run.data.tags:
+                counts[run.data.tags[key]] = counts.get(run.data.tags[key], 0) + 1
+        if len(counts) > 1:
+            values[key] = dict(sorted(counts.items(), key=lambda item: -item[1]))
+    dirty = sum(run.data.tags.get("git_commit", "").endswith("+dirty") for run in runs)
+    return MixedEnvironment(values, dirty) if values or dirty else None
+
+
+def strict_error(problems: Sequence[MixedRecipes | MixedData | MixedEnvironment]) -> str | None:
     """The one line ``--strict`` refuses a table with, None when every cell and column compares like with like."""
     cells = [p.brief() for p in problems if isinstance(p, MixedRecipes)]
     columns = [p.brief() for p in problems if isinstance(p, MixedData)]
+    setups = [p.brief() for p in problems if isinstance(p, MixedEnvironment)]
     parts = [f"runs differ in more than the seed in {', '.join(cells)}"] if cells else []
     parts += [f"rows test on different data in {', '.join(columns)}"] if columns else []
+    parts += [f"runs come from different {', '.join(setups)}"] if setups else []
     return f"--strict: {'; '.join(parts)}" if parts else None

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from transfuse.errors import ReportError
-from transfuse.report.checks import MixedData, MixedRecipes, differing_keys, recipes, tested_on
+from transfuse.report.checks import (
+    MixedData,
+    MixedEnvironment,
+    MixedRecipes,
+    differing_keys,
+    mixed_environment,
+    recipes,
+    tested_on,
+)
 from transfuse.report.query import CHECKPOINTS, check_keys
 from transfuse.report.query import field as run_field
 
@@ -127,7 +135,7 @@ class Table:
     error: str
     checkpoint: str
     caption: str
-    problems: tuple[MixedRecipes | MixedData, ...] = ()
+    problems: tuple[MixedRecipes | MixedData | MixedEnvironment, ...] = ()
 
     @property
     def notes(self) -> list[str]:
@@ -230,4 +238,7 @@ def build_table(
     caption = "; ".join([*parts, f"± = {ERRORS[error]}", f"checkpoint: {CHECKPOINTS[checkpoint]}"])
     notes = {p.note(): p for p in mixed.values()}  # a row mixed in several metrics is noted once
     notes |= {p.note(): p for p in data.values() if p is not None}
+    everyone = list({id(run): run for groups in tables.values() for g in groups for run in g.runs}.values())
+    if (setup := mixed_environment(everyone)) is not None:
+        notes[setup.note()] = setup
     return Table(tuple(rows), tuple(columns), header, tuple(body), error, checkpoint, caption, tuple(notes.values()))

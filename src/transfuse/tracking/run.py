@@ -22,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from transfuse.errors import Preempted
 from transfuse.ranks import is_rank_zero
+from transfuse.tracking.environment import ARTIFACT as ENVIRONMENT_ARTIFACT
+from transfuse.tracking.environment import environment_tags, environment_text
 from transfuse.tracking.liveness import Heartbeat
 from transfuse.tracking.relocate import misplaced
 from transfuse.tracking.sender import Sender
@@ -168,7 +170,7 @@ class TrackedRun:
         if source_run_id:
             parent = self.client.get_run(source_run_id)
             self.client.set_tag(self.run_id, SOURCE_RUN_TAG, source_run_id)
-            link = f"#/experiments/{parent.info.experiment_id}/runs/{source_run_id}"
+            link = RUN_PAGE.format(experiment_id=parent.info.experiment_id, run_id=source_run_id)
             self.client.set_tag(
                 self.run_id,
                 "mlflow.note.content",
@@ -182,7 +184,7 @@ class TrackedRun:
         links = []
         for i, member in enumerate(runs):
             self.client.set_tag(self.run_id, f"member.{i}", member.info.run_id)
-            link = f"#/experiments/{member.info.experiment_id}/runs/{member.info.run_id}"
+            link = RUN_PAGE.format(experiment_id=member.info.experiment_id, run_id=member.info.run_id)
             links.append(f"{i}. [{member.info.run_name}]({link}) `{member.info.run_id}`")
         self.client.set_tag(self.run_id, "mlflow.note.content", "Fusion of:\n\n" + "\n".join(links))
 
@@ -254,6 +256,9 @@ def tracked_run(
         "git_commit": commit,
         "mlflow.source.git.commit": commit,
         "command": shlex.join(sys.argv),
+        "mlflow.source.name": Path(sys.argv[0]).name,  # the entry point, in the UI's Source column
+        "mlflow.source.type": "LOCAL",
+        **environment_tags(),
         **hydra_tags(),
         **{k: str(v) for k, v in (tags or {}).items() if v is not None},  # unset (e.g. study_run): no tag
     }
@@ -270,6 +275,7 @@ def tracked_run(
             client.set_tag(run_id, key, value)
         name = previous.info.run_name
         opened = f"run {name} ({run_id}) in experiment {experiment_name}, resumed (time {times})"
+    client.log_text(run_id, environment_text(), ENVIRONMENT_ARTIFACT)
     log.info("\n  ".join([opened, *ui_lines(tracking_uri, experiment_id, run_id)]))
     heartbeat = Heartbeat(client, run_id).start()
     run = TrackedRun(client, run_id, experiment_id, name=name)
