@@ -61,6 +61,10 @@ def parser() -> argparse.ArgumentParser:
     stale.add_argument("--stale-after", type=float, default=STALE_AFTER_S, help="heartbeat age in seconds")
     stale.add_argument("--mark-killed", action="store_true", help="end the stale runs KILLED (default: dry run)")
     stale.add_argument("--tracking-uri", default=uri)
+    register = sub.add_parser("register", help="register a run's model (logger.log_model=true) under a name")
+    register.add_argument("run_id", help="the run that logged the model")
+    register.add_argument("--name", required=True, help="registered model name (a new version when it exists)")
+    register.add_argument("--tracking-uri", default=uri)
     move = sub.add_parser(
         "relocate",
         help="after copying a SQLite store (mlflow.db with its mlartifacts/), keep its artifacts beside the copy",
@@ -146,7 +150,36 @@ def relocate_store(args: argparse.Namespace) -> None:
         print(f"dry run: {PROG} relocate without --dry-run moves them", file=sys.stderr)
 
 
-COMMANDS = {"experiments": list_experiments, "list": list_runs, "stale": mark_stale, "relocate": relocate_store}
+def register_model(args: argparse.Namespace) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from transfuse.tracking.artifacts import MODEL_TAG
+
+    client = MlflowClient(args.tracking_uri)
+    try:
+        run = client.get_run(args.run_id)
+    except MlflowException:
+        raise TransfuseError(f"no MLflow run with id {args.run_id!r} in {args.tracking_uri}") from None
+    model_id = run.data.tags.get(MODEL_TAG)
+    if not model_id:
+        raise TransfuseError(
+            f"run {args.run_id} ({run.info.run_name}) logged no model: train it with logger.log_model=true"
+        )
+    mlflow.set_tracking_uri(args.tracking_uri)
+    version = mlflow.register_model(f"models:/{model_id}", args.name)
+    uri = f"models:/{args.name}/{version.version}"
+    print(f"registered {args.name} version {version.version} ({uri}) from run {args.run_id}")
+
+
+COMMANDS = {
+    "experiments": list_experiments,
+    "list": list_runs,
+    "stale": mark_stale,
+    "relocate": relocate_store,
+    "register": register_model,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

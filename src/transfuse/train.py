@@ -61,6 +61,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from transfuse.ddp import cluster_plugins
+    from transfuse.models import export
     from transfuse.models.build import build_model
     from transfuse.tracking import artifacts
     from transfuse.tracking.cadence import StepLogInterval
@@ -134,6 +135,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             seconds["time/test_s"] = time.perf_counter() - start
             if cfg.logger.plots:
                 artifacts.log_plots(run, model.test_summary, model.class_names, trainer.logger)
+            if cfg.logger.get("log_model"):  # the tested (best) weights, served: pixels in, logits out
+                example = export.example_images(datamodule, cfg.data.mean, cfg.data.std)
+                artifacts.log_model(run, export.served(model, cfg.data.mean, cfg.data.std, model.class_names), example)
         run.log_metrics(seconds)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | run.logged_scores | last
         if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:

@@ -33,6 +33,40 @@ CURVE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+#: where a run's served model lives, and the tag that names its MLflow model (``models:/<id>``)
+MODEL_NAME, MODEL_TAG = "model", "model_id"
+
+
+def log_model(run: TrackedRun, model: torch.nn.Module, example: torch.Tensor) -> str:
+    """Log ``model`` (pixels in, logits out) as the run's MLflow model, with ``example`` as its input example and
+    signature, and transfuse's own code beside it so it loads where transfuse is not installed. Returns its
+    ``models:/`` URI, also tagged on the run (``model_id``) for ``transfuse-runs register``."""
+    if not run.is_writer:
+        return ""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    import transfuse
+    from transfuse.tracking.environment import distributions
+
+    with torch.no_grad():
+        logits = model(example)
+    pins = {line.split("==")[0]: line for line in distributions()}
+    mlflow.set_tracking_uri(run.client.tracking_uri)
+    info = mlflow.pytorch.log_model(
+        model,
+        name=MODEL_NAME,
+        run_id=run.run_id,
+        input_example=example.numpy(),
+        signature=infer_signature(example.numpy(), logits.numpy()),
+        pip_requirements=[pins[name] for name in ("torch", "timm") if name in pins],  # no slow inference
+        code_paths=[str(Path(transfuse.__file__).parent)],
+    )
+    run.client.set_tag(run.run_id, MODEL_TAG, info.model_id)
+    return info.model_uri
+
+
 def log_state_dict(
     run: TrackedRun, state: Mapping[str, Any], class_names: Sequence[str], name: str = "best.ckpt"
 ) -> None:
