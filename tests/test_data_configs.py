@@ -33,6 +33,7 @@ SIZES = {
     "image_folder": (32, 128, 0.1, 0.2),
     "torchvision": (128, 512, 0.1, None),
     "paired_folder": (32, 128, 0.1, 0.2),
+    "shards": (32, 128, 0.1, 0.2),
     "noisy_mnist": (64, 256, 0.1, 0.2),
     "multiview": (64, 256, 0.1, 0.2),
 }

@@ -21,6 +21,8 @@ def test_a_logged_model_serves_the_tested_weights_and_registers_by_name(make_con
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("served").experiment_id])
     assert run.data.tags["model_id"]
+    model = mlflow.MlflowClient(tracking_uri).get_logged_model(run.data.tags["model_id"])
+    assert model.experiment_id == run.info.experiment_id  # not MLflow's Default experiment in the working folder
 
     with pytest.raises(SystemExit, match="logged no model"):
         other = client.create_run(run.info.experiment_id).info.run_id

@@ -37,22 +37,23 @@ class InitialState(Callback):
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A PostgreSQL-backed ``mlflow server`` on 127.0.0.1 and the folder of its artifacts; both are stopped and
-    the database removed after the test."""
+def server(tmp_path: Path) -> Iterator[tuple[str, Path, float]]:
+    """A PostgreSQL-backed ``mlflow server`` on 127.0.0.1, the folder of its artifacts and when it began to
+    start (``time.monotonic()``); both are stopped and the database removed after the test."""
+    start = time.monotonic()
     with ExitStack() as stack:
         try:
             database = stack.enter_context(postgres(tmp_path / "pgdata"))
         except Unavailable as err:
             pytest.skip(f"no PostgreSQL to back the tracking server: {err}")
         uri = stack.enter_context(mlflow_server(database, tmp_path / "artifacts"))
-        yield uri, tmp_path / "artifacts"
+        yield uri, tmp_path / "artifacts", start
     assert not (tmp_path / "pgdata").exists()
 
 
 def test_sweep_finetune_fusion_and_report_through_a_postgres_backed_server(tmp_path, server):
-    start = time.monotonic()
-    uri, artifacts = server
+    uri, artifacts, start = server
+    up = time.monotonic() - start
     tiny = [*FAST, "trainer.max_epochs=1", "last_checkpoint=none", "test_last=false", "logger.plots=false"]
     common = [*tiny, f"logger.tracking_uri={uri}", f"logger.experiment_name={EXPERIMENT}"]
     sweep = run_cli(
@@ -112,4 +113,5 @@ def test_sweep_finetune_fusion_and_report_through_a_postgres_backed_server(tmp_p
 
     rows = [line.strip("|").split("|") for line in report.stdout.splitlines() if line.startswith("|")][2:]
     assert {cells[0].strip(): cells[-1].strip() for cells in rows} == {"pretrain": "4", "finetune": "1", "fuse": "1"}
-    print(f"postgres-backed server: sweep, fine-tune, fusion and report in {time.monotonic() - start:.0f} s")
+    total = time.monotonic() - start
+    print(f"PostgreSQL and mlflow server up in {up:.0f} s; with the sweep, fine-tune, fusion and report {total:.0f} s")

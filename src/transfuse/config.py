@@ -8,10 +8,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-#: ``conf/`` at the repository root (the package is installed in editable mode, see README).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-#: ``experiments/`` at the repository root; ``conf/experiment`` links to it so studies are ``experiment=...``.
-EXPERIMENTS_DIR = CONF_DIR.parent / "experiments"
+#: The packaged configs: in a checkout ``src/transfuse/conf`` links to ``conf/`` at the repository root (so this is
+#: that folder), in an installed wheel it is the copy inside the package. Users add their own config folders through
+#: Hydra's search path (``hydra.searchpath=[file:///abs/my_conf]``), see README.
+CONF_DIR = (Path(__file__).parent / "conf").resolve()
+#: The studies, ``experiments/`` at the repository root, which ``conf/experiment`` links to so they are
+#: ``experiment=<study>/<file>``; a checkout only: a wheel leaves them out, so there this folder does not exist.
+EXPERIMENTS_DIR = (CONF_DIR / "experiment").resolve()
 
 
 #: the ways of saying "nothing" for a source in a config or on the command line (``init.weights=none``)
@@ -24,7 +27,7 @@ def is_none(value: object) -> bool:
 
 
 def timm_default(name: str, field: str):
-    """Read one field (``mean``, ``std``, ``image_size``...) of a timm model's default pretrained config.
+    """Read one field (``mean``, ``std``, ``image_size``, ``crop_pct``...) of a timm model's default pretrained config.
 
     Lets a backbone preset follow ``backbone.name`` so that normalisation stays right for any model.
     Models without a pretrained config fall back to ImageNet statistics.
@@ -35,7 +38,13 @@ def timm_default(name: str, field: str):
         return int(timm_default(name, "input_size")[-1])
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
-        fallback = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "input_size": [3, 224, 224]}
+        fallback = {
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "input_size": [3, 224, 224],
+            "crop_pct": 0.875,
+            "interpolation": "bicubic",
+        }
         if field not in fallback:
             raise KeyError(f"timm model {name!r} has no pretrained config to read {field!r} from")
         return OmegaConf.create(fallback[field])

@@ -283,10 +283,11 @@ def adapt_batchnorm(model: LightningModule, trainer: Trainer, max_batches: int |
         m.momentum = None
         m.train()
     seen = 0
-    for i, (images, _labels) in enumerate(loader):
+    for i, (images, labels) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        model.backbone(datamodule.transform(images.to(model.device), train=False))
+        images, _ = datamodule.prepare((images.to(model.device), labels.to(model.device)), train=False)
+        model.backbone(images)
         seen += len(images)
     for m, (momentum, training) in zip(norms, saved, strict=True):
         m.momentum = momentum

@@ -214,14 +214,14 @@ def score_model(model: nn.Module, datamodule: Any, source_head: bool) -> dict[st
     is left out when the head was re-initialised for other classes.
     """
     model.eval()
-    data = datamodule.splits["train"]
-    features, probs = [], []
-    for start in range(0, len(data), 256):
-        images = datamodule.transform(data.images[start : start + 256].to(model.device), train=False)
+    features, probs, seen = [], [], []
+    for batch in datamodule.loader("train"):  # in order, evaluation transform (streamed or on the device)
+        images, labels = datamodule.prepare([part.to(model.device) for part in batch], train=False)
         pooled = model.backbone(images)
         features.append(pooled.flatten(1).float().cpu())  # multi-view backbones: views side by side
         probs.append(torch.softmax(model.head(pooled).float(), dim=1).cpu())
-    labels = data.labels
+        seen.append(labels.cpu())
+    labels = torch.cat(seen)
     scores = {"transfer/logme": logme(torch.cat(features), labels, datamodule.num_classes)}
     if source_head:
         scores["transfer/leep"] = leep(torch.cat(probs), labels, datamodule.num_classes)

@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from transfuse.data.base import ImageTensors, InMemoryImageDataModule
+from transfuse.data.streaming import CountsUnreadable
 from transfuse.errors import DataError
 
 #: order of the validation and test loaders; metrics use these names
 DOMAINS = ("source", "target")
-
-
-class ImagesOnly(Dataset):
-    """The images of a split without their labels: what adaptation may see of the target."""
-
-    def __init__(self, data: ImageTensors) -> None:
-        self.images = data.images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.images[i]
-
-    def __getitems__(self, indices: list[int]) -> Tensor:
-        return self.images[torch.as_tensor(indices)]
-
-
-def _keep(batch: Tensor) -> Tensor:
-    return batch
 
 
 class DomainPair(L.LightningDataModule):
@@ -74,9 +53,7 @@ class DomainPair(L.LightningDataModule):
         _ = self.class_names
 
     def train_dataloader(self) -> dict[str, DataLoader]:
-        target = DataLoader(
-            ImagesOnly(self.target.splits["train"]), batch_size=self.target.batch_size, shuffle=True, collate_fn=_keep
-        )
+        target = self.target.loader("train", train=True, labels=False)  # zeros stand in for the target's labels
         return {"source": self.source.train_dataloader(), "target": target}
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -87,11 +64,14 @@ class DomainPair(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, dict):  # training: each domain through its own transform, augmentation on
-            images, labels = batch["source"]
             return {
-                "source": (self.source.transform(images, train=True), labels),
-                "target": self.target.transform(batch["target"], train=True),
+                "source": self.source.prepare(batch["source"], train=True),
+                "target": self.target.prepare(batch["target"], train=True)[0],
             }
-        module = (self.source, self.target)[dataloader_idx]
-        images, labels = batch
-        return module.transform(images, train=False), labels
+        return (self.source, self.target)[dataloader_idx].prepare(batch, train=False)
+
+    def pop_unreadable(self) -> int | None:
+        """Images the two domains skipped while streaming since the last call; None when neither streams."""
+        counts = [part.pop_unreadable() for part in (self.source, self.target) if isinstance(part, CountsUnreadable)]
+        counts = [c for c in counts if c is not None]
+        return sum(counts) if counts else None

@@ -137,12 +137,16 @@ class InMemoryImageDataModule(L.LightningDataModule):
         """Where the images come from, for error messages (a preset that reads files names its folders)."""
         return f"dataset {type(self).__name__}"
 
+    def load_splits(self) -> tuple[dict[str, ImageTensors], list[str]]:
+        """The given splits that :attr:`splits` carves: :meth:`load`'s, unless the dataset streams."""
+        return self.load()
+
     # --- shared behaviour -----------------------------------------------------------------------------------
     @property
     def splits(self) -> dict[str, ImageTensors]:
         """The three splits, loaded and carved on first use (idempotent, so Lightning may call setup often)."""
         if self._splits is None:
-            given, class_names = self.load()
+            given, class_names = self.load_splits()
             if len(class_names) < 2:  # torchmetrics would refuse it later, in a message that names no dataset
                 found = f"1 class ({class_names[0]})" if class_names else "no class"
                 raise DataError(f"{self.describe()} has {found}; a classifier needs at least two classes")
@@ -185,12 +189,15 @@ class InMemoryImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         _ = self.splits
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = TensorBatches(self.splits[split])
+    def loader(self, split: str, train: bool = False, labels: bool = True) -> DataLoader:
+        """Batches of ``split`` as :meth:`prepare` takes them, shuffled in training batches with ``train``;
+        ``labels=False`` hides the labels (zeros stand in), for the unlabelled target of domain adaptation."""
+        data = self.splits[split]
+        dataset = TensorBatches(data if labels else ImageTensors(data.images, torch.zeros_like(data.labels)))
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
             sampler=_test_shard(dataset) if split == "test" else None,
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
@@ -198,19 +205,23 @@ class InMemoryImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.loader("test")
+
+    def prepare(self, batch: tuple[Tensor, Tensor], train: bool, raw: bool = False) -> tuple[Tensor, Tensor]:
+        """A batch of :meth:`loader`, on the device -> what the model takes: transformed and normalised images
+        (augmented when ``train``), or with ``raw`` the uint8 images as they are (a feature cache transforms
+        only the images it has not seen)."""
+        images, labels = batch
+        return (images if raw else self.transform(images, train=train)), labels
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        images, labels = batch
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if getattr(module, "raw_inputs", False):  # a feature cache transforms only the images it has not seen
-            return images, labels
         # a model that caches features of a frozen backbone needs the same input every epoch
         augment = self.trainer is not None and self.trainer.training and getattr(module, "wants_augmentation", True)
-        return self.transform(images, train=augment), labels
+        return self.prepare(batch, train=augment, raw=getattr(module, "raw_inputs", False))

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import UnidentifiedImageError
 from torch import Tensor
 
 from transfuse.data.base import ImageTensors, InMemoryImageDataModule
-from transfuse.data.image_folder import _decode, check_on_empty_class, refuse_empty, scan_classes, split_roots
+from transfuse.data.image_folder import check_on_empty_class, refuse_empty, scan_classes, split_roots
 from transfuse.data.packaged import DIGIT_CLASSES, mnist5k_arrays
+from transfuse.data.sources import FileSource
+from transfuse.data.streamable import Catalog, StreamableImageDataModule
 from transfuse.errors import ConfigError, DataError
 
 
@@ -152,27 +151,29 @@ class NoisyMNIST(ViewData):
         return {"train": ImageTensors(torch.stack([first, second], dim=1), labels)}, DIGIT_CLASSES
 
 
-class PairedFolder(ViewData):
+class PairedFolder(StreamableImageDataModule):
     """N folders holding the same samples (RGB and infrared, RGB and depth): ``<root_i>/<class>/<stem>.*``,
     optionally under train/val/test folders as in ``image_folder``. Every root must have the same classes and
-    the same file stems; a stem missing from a root is reported by name.
+    the same file stems; a stem missing from a root is reported by name. Read into memory or streamed.
 
     Args:
         roots: one folder per view.
-        load_size: images are stored at this square size.
         mode: PIL mode every view is decoded to (``RGB`` or ``L``).
         on_empty_class: ``error`` refuses a class folder without images in any root, naming it; ``skip`` leaves
             it out and logs the folders in one warning line.
-        workers: threads used for decoding.
+        num_views: views the model sees; when given it must match (configs read it to size models).
+        keep_views: indices of the roots to read, in order (all when None); one kept view gives plain
+            ``[N, C, H, W]`` images, the single-view baseline of the same data.
+        **kwargs: :class:`~transfuse.data.streamable.StreamableImageDataModule`'s arguments.
     """
 
     def __init__(
         self,
         roots: Sequence[str],
-        load_size: int = 64,
         mode: str = "RGB",
         on_empty_class: str = "error",
-        workers: int = 4,
+        num_views: int | None = None,
+        keep_views: Sequence[int] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -180,12 +181,18 @@ class PairedFolder(ViewData):
             raise ConfigError("paired_folder needs at least one root")
         check_on_empty_class(on_empty_class)
         self.roots = [Path(r).expanduser() for r in roots]
-        self.load_size, self.mode, self.on_empty_class, self.workers = load_size, mode, on_empty_class, workers
+        self.mode, self.on_empty_class = mode, on_empty_class
+        self.num_views, self.keep_views = num_views, None if keep_views is None else list(keep_views)
 
     def describe(self) -> str:
         return f"paired folders {', '.join(map(str, self.roots))}"
 
-    def load_views(self) -> tuple[dict[str, ImageTensors], list[str]]:
+    def catalog(self) -> Catalog:
+        keep = self.keep_views if self.keep_views is not None else list(range(len(self.roots)))
+        if not keep or any(not 0 <= k < len(self.roots) for k in keep):
+            raise ConfigError(f"keep_views={keep} must name views among 0..{len(self.roots) - 1}")
+        if self.num_views is not None and self.num_views != len(keep):
+            raise ConfigError(f"num_views={self.num_views} but {len(keep)} views are kept: {keep}")
         found = [{split: scan_classes(p) for split, p in split_roots(root).items()} for root in self.roots]
         refuse_empty([f for scan in found for _, empty in scan.values() for f in empty], self.on_empty_class)
         scans = [{split: classes for split, (classes, _) in scan.items()} for scan in found]
@@ -202,34 +209,19 @@ class PairedFolder(ViewData):
         class_names = sorted(first["train"])
         if not class_names:
             raise DataError(f"no images found under {self.roots[0]} (expected <class>/<image> folders)")
-        samples, missing = [], []
+        files, labels, given, missing = [], [], {}, []
         for split, classes in first.items():
+            start = len(files)
             for name in sorted(classes):
                 stems = [{p.stem: p for p in scan[split][name]} for scan in scans]
                 every = sorted(set().union(*stems))
-                for root, found in zip(self.roots, stems, strict=True):
-                    missing += [f"{root}/{name}/{stem}" for stem in every if stem not in found]
-                samples += [
-                    (split, class_names.index(name), [s[stem] for s in stems])
-                    for stem in every
-                    if all(stem in s for s in stems)
-                ]
+                for root, found_stems in zip(self.roots, stems, strict=True):
+                    missing += [f"{root}/{name}/{stem}" for stem in every if stem not in found_stems]
+                paired = [stem for stem in every if all(stem in s for s in stems)]
+                files += [tuple(stems[k][stem] for k in keep) for stem in paired]
+                labels += [class_names.index(name)] * len(paired)
+            given[split] = torch.arange(start, len(files))
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise DataError(f"{len(missing)} file(s) have no counterpart in another root: missing {shown}")
-
-        def decode(paths: list[Path]) -> np.ndarray:
-            return np.stack([_decode(p, self.load_size, self.mode) for p in paths])
-
-        try:
-            with ThreadPoolExecutor(max(1, self.workers)) as pool:
-                decoded = list(pool.map(decode, [paths for _, _, paths in samples]))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-            raise DataError(f"cannot read a paired image: {err}") from None
-        splits = {}
-        for split in first:
-            rows = [i for i, (s, _, _) in enumerate(samples) if s == split]
-            if rows:
-                images = torch.from_numpy(np.stack([decoded[i] for i in rows])).permute(0, 1, 4, 2, 3).contiguous()
-                splits[split] = ImageTensors(images, torch.tensor([samples[i][1] for i in rows]))
-        return splits, class_names
+        return Catalog(FileSource(files, self.mode), given, torch.tensor(labels), class_names)

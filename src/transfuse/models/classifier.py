@@ -229,7 +229,8 @@ class ImageClassifier(L.LightningModule):
         if penalty is not None:
             terms["penalty"] = penalty
         loss = sum(self.loss_weights.get(name, 1.0) * term for name, term in terms.items())
-        self.train_metrics.update(out.logits.detach(), out.labels)
+        hard = out.labels.argmax(1) if out.labels.ndim == 2 else out.labels  # mixup's soft targets: their top class
+        self.train_metrics.update(out.logits.detach(), hard)
         # sync_dist: under DDP the logged loss is the mean over all processes (a no-op in one process)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         if len(terms) > 1:  # with cross-entropy alone, train/class_loss would repeat train/loss

@@ -54,6 +54,7 @@ def log_model(run: TrackedRun, model: torch.nn.Module, example: torch.Tensor) ->
         logits = model(example)
     pins = {line.split("==")[0]: line for line in distributions()}
     mlflow.set_tracking_uri(run.client.tracking_uri)
+    mlflow.set_experiment(experiment_id=run.experiment_id)  # the model's own entity lives in the run's experiment
     info = mlflow.pytorch.log_model(
         model,
         name=MODEL_NAME,
