@@ -94,7 +94,7 @@ def readme_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     }
     demo = subprocess.run(
         ["bash", str(ROOT / "experiments/digits_transfer/run.sh")],
-        cwd=work, env=env, capture_output=True, text=True, timeout=900,
+        cwd=work, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     script, matched = runnable(commands(README.read_text()))
