@@ -44,7 +44,7 @@ real = {real!r}
 args = [a for a in sys.argv[1:] if not a.startswith("trainer.max_epochs=")]
 args = ["hydra.sweeper.n_trials=2" if a.startswith("hydra.sweeper.n_trials=") else a for a in args]
 if "--help" not in args:
-    args.append("trainer.max_epochs=" + ("6" if any("lp_ft" in a for a in args) else "1"))
+    args.insert(0, "trainer.max_epochs=" + ("6" if any("lp_ft" in a for a in args) else "1"))  # before any --flag
 os.execv(real, [real, *args])
 """
 
