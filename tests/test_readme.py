@@ -44,7 +44,9 @@ real = {real!r}
 args = [a for a in sys.argv[1:] if not a.startswith("trainer.max_epochs=")]
 args = ["hydra.sweeper.n_trials=2" if a.startswith("hydra.sweeper.n_trials=") else a for a in args]
 if "--help" not in args:
-    args.insert(0, "trainer.max_epochs=" + ("6" if any("lp_ft" in a for a in args) else "1"))  # before any --flag
+    flags = [i for i, a in enumerate(args) if a.startswith("--")]
+    at = flags[0] if flags and flags[0] > 0 else len(args)  # Hydra's parser takes one run of overrides
+    args.insert(at, "trainer.max_epochs=" + ("6" if any("lp_ft" in a for a in args) else "1"))
 os.execv(real, [real, *args])
 """
 
