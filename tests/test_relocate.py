@@ -78,3 +78,20 @@ def test_relocate_refuses_what_is_not_a_sqlite_store(tmp_path):
         relocate("http://127.0.0.1:5999")
     with pytest.raises(StoreError, match="no SQLite store"):
         relocate(f"sqlite:///{tmp_path}/nothing/mlflow.db")
+
+
+def test_relocate_copies_no_folder_that_is_not_the_experiments_artifacts(tmp_path, tracking_uri):
+    import sqlite3
+
+    make_study(tmp_path, tracking_uri)
+    secrets = tmp_path.parent / f"{tmp_path.name}-secrets"
+    secrets.mkdir()
+    (secrets / "id_rsa").write_text("private")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-hostile"
+    elsewhere.mkdir()
+    shutil.copyfile(tmp_path / "mlflow.db", elsewhere / "mlflow.db")
+    with sqlite3.connect(elsewhere / "mlflow.db") as db:  # a store someone else wrote, pointing at a private folder
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE name = 'study'", (secrets.as_uri(),))
+    with pytest.raises(StoreError, match="not its runs' artifacts"):
+        relocate(f"sqlite:///{elsewhere}/mlflow.db")
+    assert not (elsewhere / "mlartifacts" / "study").exists()

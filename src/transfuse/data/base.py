@@ -194,14 +194,19 @@ class InMemoryImageDataModule(L.LightningDataModule):
         ``labels=False`` hides the labels (zeros stand in), for the unlabelled target of domain adaptation."""
         data = self.splits[split]
         dataset = TensorBatches(data if labels else ImageTensors(data.images, torch.zeros_like(data.labels)))
+        return self._batches(dataset, split, train, self.num_workers, collate_fn=_keep_batch)
+
+    def _batches(self, dataset: Dataset, split: str, train: bool, workers: int, **options: object) -> DataLoader:
+        """The DataLoader of every split, in memory or streamed: shuffled training batches, evaluation batches
+        of ``eval_batch_size``, the test split sharded without repeats under DDP."""
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             sampler=_test_shard(dataset) if split == "test" else None,
-            num_workers=self.num_workers,
-            collate_fn=_keep_batch,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:

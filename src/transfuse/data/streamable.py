@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from transfuse.data.base import ImageTensors, InMemoryImageDataModule, _test_shard
+from transfuse.data.base import ImageTensors, InMemoryImageDataModule
 from transfuse.data.cache import cached_pixels
 from transfuse.data.sources import ArraySource, Source, decode_into, pixel_shape
 from transfuse.data.streaming import StreamedSplit, StreamingImages, reason, timm_transforms
@@ -227,15 +227,7 @@ class StreamableImageDataModule(InMemoryImageDataModule):
         if train and labels:
             self._train_set = dataset
             dataset.augment.fill_(self._wants_augmentation())
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            sampler=_test_shard(dataset) if split == "test" else None,
-            num_workers=self.workers,
-            persistent_workers=self.workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return self._batches(dataset, split, train, self.workers, pin_memory=torch.cuda.is_available())
 
     def _wants_augmentation(self) -> bool:
         module = self.trainer.lightning_module if self.trainer is not None else None

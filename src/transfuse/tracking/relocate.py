@@ -48,6 +48,17 @@ def misplaced(tracking_uri: str, experiment_name: str, location: str) -> bool:
     return not folder.resolve().is_relative_to(sqlite_path(tracking_uri).parent)
 
 
+def _check_artifact_folder(folder: Path, run_ids: set[str], experiment: str) -> None:
+    """Refuse to copy a folder that is not this experiment's artifacts: a location read from a store someone else
+    wrote could name any folder of this machine (``/home/me/.ssh``), and relocate would copy it into the study."""
+    strays = [p.name for p in folder.iterdir() if p.name not in run_ids and p.name != "models"]
+    if strays:
+        raise StoreError(
+            f"experiment {experiment!r} points at {folder}, which holds {', '.join(sorted(strays)[:3])}: not its runs' "
+            "artifacts; copy the artifacts beside the store yourself"
+        )
+
+
 def relocate(tracking_uri: str, dry_run: bool = False) -> list[Move]:
     """Point every experiment of a SQLite store whose artifacts live outside the store's folder at
     ``mlartifacts/<experiment>`` beside the database, copying the files there when they are not there yet.
@@ -73,7 +84,11 @@ def relocate(tracking_uri: str, dry_run: bool = False) -> list[Move]:
             if dry_run:
                 continue
             if copy:
-                shutil.copytree(source, target)
+                known = {
+                    row[0] for row in db.execute("SELECT run_uuid FROM runs WHERE experiment_id = ?", (experiment_id,))
+                }
+                _check_artifact_folder(source, known, name)
+                shutil.copytree(source, target, symlinks=True)  # links stay links: nothing outside is read
             prefix = old.rstrip("/")
             db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, experiment_id))
             for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
