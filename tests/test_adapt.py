@@ -35,6 +35,9 @@ def test_adapt_run_logs_alignment_and_domain_gap(make_config, method):
     assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"])
     # adaptation runs draw their figures too (from the target test split)
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {"plots/confusion_matrix.png"}
+    # both domains are the run's datasets: the labelled one it trains on, the unlabelled target
+    inputs = {{t.key: t.value for t in d.tags}["mlflow.data.context"]: d.dataset for d in run.inputs.dataset_inputs}
+    assert {k: d.name for k, d in inputs.items()} == {"train": "synthetic", "target": "synthetic_target"}
 
 
 def test_target_oracle_selection_is_tagged(make_config):

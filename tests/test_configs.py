@@ -11,7 +11,19 @@ from hydra.utils import instantiate
 from transfuse.config import CONF_DIR, EXPERIMENTS_DIR
 from transfuse.models.build import build_model
 
-GROUPS = ["data", "backbone", "head", "stage", "finetune", "optimizer", "scheduler", "trainer", "callbacks", "debug"]
+GROUPS = [
+    "data",
+    "backbone",
+    "head",
+    "stage",
+    "finetune",
+    "compress",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "debug",
+]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml")) if not p.stem.startswith("_")]
 #: experiments of transfuse-fuse (conf/fuse.yaml); every other one is a transfuse-train experiment
 FUSE_EXPERIMENTS = ["digits_soups/fuse", "wortsman2022_soups/full_scale_fuse"]
@@ -163,3 +175,18 @@ def test_slurm_launcher_is_submitit_with_resources():
 def test_joblib_launcher_is_available():
     cfg = _with_hydra(["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"])
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 3
+
+
+def test_run_names_tell_the_runs_of_a_study_apart(tmp_path):
+    from transfuse.config import compose_config
+
+    def name(*overrides: str) -> str:
+        return compose_config("train", list(overrides), tmp_path).run_name
+
+    strategies = ["full", "linear_probe", "lp_ft", "gradual", "l2_sp", "partial"]
+    names = [name("experiment=digits_transfer/finetune", f"finetune={s}") for s in strategies]
+    assert names == [f"finetune-{s}-digits-resnet18-s0" for s in strategies]
+    assert name("stage=finetune", "finetune=linear_probe", "init.weights=x", "seed=3").endswith("-s3")
+    assert name("stage=pretrain", "backbone=test_resnet") == "pretrain-synthetic-test_resnet-s0"
+    adapted = [name("stage=adapt", f"adapt={m}", "data=mnist5k", "data@target_data=digits") for m in ("dann", "coral")]
+    assert adapted == [f"adapt-{m}-mnist5k-to-digits-resnet18-s0" for m in ("dann", "coral")]

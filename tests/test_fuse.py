@@ -16,6 +16,8 @@ from transfuse.config import compose_config as compose_named
 from transfuse.errors import FusionError
 from transfuse.fuse import fuse
 from transfuse.models.build import build_model
+from transfuse.models.summary import count_flops
+from transfuse.tracking.datasets import content_digest
 from transfuse.train import train
 
 DATA = ["data=synthetic", "data.per_class=24"]
@@ -82,13 +84,19 @@ def _hand_logits(zoo, run) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_logit_mean_is_tracked_with_its_members_and_matches_a_hand_ensemble(zoo):
     _, uri, _, members = zoo
-    _, metrics = _fuse(zoo, "fusion_method=logit_mean")
+    cfg, metrics = _fuse(zoo, "fusion_method=logit_mean")
     _, run = _latest(uri)
     assert run.info.status == "FINISHED"
     ids = [m.info.run_id for m in members]
     assert run.data.tags["members"] == ",".join(ids) and run.data.tags["member.1"] == ids[1]
     assert run.data.tags["stage"] == "fuse" and run.data.tags["method"] == "logit_mean"
     assert ids[0] in run.data.tags["mlflow.note.content"]
+    # datasets: the fusion's own data, and what the members trained on unless it is the same dataset
+    member_data = {d.dataset.digest for m in members for d in m.inputs.dataset_inputs}
+    own = instantiate(cfg.data)
+    assert {d.dataset.digest for d in run.inputs.dataset_inputs} == member_data | {
+        content_digest(own.splits, own.class_names)
+    }
     for i, member in enumerate(members):  # each member scores on the fusion's test split what it scored in training
         assert run.data.metrics[f"member/{i}/test/acc"] == pytest.approx(member.data.metrics["test/acc"], abs=1e-6)
     hand = [_hand_logits(zoo, m) for m in members]
@@ -96,16 +104,33 @@ def test_logit_mean_is_tracked_with_its_members_and_matches_a_hand_ensemble(zoo)
     expected = ((hand[0][0] + hand[1][0]) / 2).argmax(1).eq(labels).float().mean().item()
     assert run.data.metrics["test/acc"] == pytest.approx(expected, abs=1e-6)
     assert metrics["test/acc"] == pytest.approx(run.data.metrics["test/acc"])
-    params = sum(p.numel() for p in build_model(compose_config(FAST, zoo[0] / "p"), ["a", "b", "c", "d"]).parameters())
+    one = build_model(compose_config(FAST, zoo[0] / "p"), ["a", "b", "c", "d"]).eval()
+    params = sum(p.numel() for p in one.parameters())
     assert run.data.metrics["cost/params"] == 2 * params  # an ensemble costs all of its members
-    assert run.data.metrics["cost/latency_ms_per_image"] > 0
+    flops = count_flops(lambda x: one.head(one.backbone(x)), torch.zeros(1, 3, 32, 32))
+    assert run.data.metrics["cost/flops"] == pytest.approx(2 * flops)
+    assert run.data.metrics["cost/checkpoint_mb"] == pytest.approx(2 * 4 * params / 1e6, rel=0.2)
+    for key in ("cost/latency_ms_b1", "cost/latency_ms_b256", "cost/latency_ms_per_image"):
+        assert run.data.metrics[key] > 0
     # figures of the fused test predictions; no learning curves, as nothing was trained
     plots = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/reliability_diagram.png"}
 
 
 @pytest.mark.parametrize(
-    "method", ["best_member", "prob_mean", "vote", "weighted", "stacking", "uniform_soup", "feature_concat"]
+    "method",
+    [
+        "best_member",
+        "prob_mean",
+        "vote",
+        "weighted",
+        "stacking",
+        "uniform_soup",
+        "feature_concat",
+        "task_arithmetic",
+        "ties",
+        "fisher",
+    ],
 )
 def test_every_method_runs_over_real_members(zoo, method):
     _, uri, _, _ = zoo
@@ -141,6 +166,26 @@ def test_members_without_a_shared_start_are_refused_and_the_run_fails(zoo):
         _fuse(zoo, "fusion_method=uniform_soup", ids=[source.info.run_id, members[0].info.run_id])
     _, run = _latest(uri)
     assert run.info.status == "FAILED" and "trained from scratch" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_task_vectors_of_members_without_a_shared_source_are_refused_before_any_run(zoo, method):
+    _, uri, source, members = zoo
+    client = MlflowClient(uri)
+    before = len(client.search_runs([client.get_experiment_by_name("fused").experiment_id]))
+    with pytest.raises(FusionError, match="trained from scratch: merging task vectors needs members"):
+        _fuse(zoo, f"fusion_method={method}", ids=[members[0].info.run_id, source.info.run_id])
+    assert len(client.search_runs([client.get_experiment_by_name("fused").experiment_id])) == before
+
+
+def test_task_arithmetic_merges_from_the_members_source_and_logs_its_scale(zoo):
+    _, uri, _, _ = zoo
+    _fuse(zoo, "fusion_method=task_arithmetic", "fusion_method.task_arithmetic.scales=[0.5]")
+    _, run = _latest(uri)
+    assert run.info.status == "FINISHED" and run.data.metrics["merge/scale"] == 0.5
+    # scale 1/M of two members is the uniform soup, BatchNorm statistics re-estimated alike
+    soup_metrics = _fuse(zoo, "fusion_method=uniform_soup")[1]
+    assert run.data.metrics["test/acc"] == pytest.approx(soup_metrics["test/acc"], abs=1e-6)
 
 
 def test_bad_pools_fail_clearly(zoo):
@@ -219,9 +264,9 @@ def test_several_methods_in_one_job_share_one_pass_and_log_a_run_each(zoo, monke
     passes = []
     original = Pool.predict.__func__
 
-    def counting(cls, members, images, labels):
+    def counting(cls, members, images, labels, source=None):
         passes.append(len(members))
-        return original(cls, members, images, labels)
+        return original(cls, members, images, labels, source)
 
     monkeypatch.setattr(Pool, "predict", classmethod(counting))
     _, best = _fuse(zoo, "fusion_method=[logit_mean,vote,greedy_soup]", "logger.experiment_name=many")

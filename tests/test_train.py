@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -15,8 +16,13 @@ from tests.conftest import FAST
 from transfuse import weights
 from transfuse.errors import ConfigError, WeightsError
 from transfuse.models.build import build_model
+from transfuse.models.summary import count_flops
 from transfuse.train import train
 from transfuse.weights import read_file
+
+
+def _context(given):
+    return {tag.key: tag.value for tag in given.tags}["mlflow.data.context"]
 
 
 def _runs(cfg):
@@ -55,6 +61,14 @@ def test_pretrain_run_is_fully_tracked(pretrained, tmp_path):
     ):
         assert key in run.data.metrics, key
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    # the cost of the tested network, at the data's input size (3 x 32 x 32)
+    model = build_model(cfg, ["disk", "square", "triangle", "cross"]).eval()
+    params = sum(p.numel() for p in model.parameters())
+    assert run.data.metrics["cost/params"] == params and 0 < run.data.metrics["cost/nonzero_params"] <= params
+    flops = count_flops(lambda x: model.head(model.backbone(x)), torch.zeros(1, 3, 32, 32))
+    assert run.data.metrics["cost/flops"] == pytest.approx(flops)
+    assert run.data.metrics["cost/checkpoint_mb"] == pytest.approx(4 * params / 1e6, rel=0.2)
+    assert run.data.metrics["cost/latency_ms_b1"] > 0 and run.data.metrics["cost/latency_ms_b256"] > 0
     # one val/acc point per epoch
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -107,6 +121,16 @@ def test_finetune_by_query_starts_from_saved_weights_and_links_lineage(pretraine
     assert finetune.data.tags["stage"] == "finetune"
     page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
     assert f"]({page})" in finetune.data.tags["mlflow.note.content"]  # opens the model-training view
+    # the UI's Datasets column: the fine-tune's own data, and the source run's data it copies
+    (pretrained_data,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    datasets = {_context(d): d.dataset for d in finetune.inputs.dataset_inputs}
+    assert sorted(datasets) == ["source", "train"] and _context(pretrained_data) == "train"
+    assert datasets["source"].name == "synthetic" and datasets["train"].name == "synthetic_target"
+    assert datasets["source"].digest == pretrained_data.dataset.digest
+    assert datasets["train"].digest != datasets["source"].digest
+    splits = instantiate(cfg.data).splits
+    profile = json.loads(datasets["train"].profile)
+    assert profile["splits"] == {name: len(part) for name, part in splits.items()} and profile["num_classes"] == 4
 
 
 def test_unknown_run_id_fails_clearly_before_any_run(make_config):

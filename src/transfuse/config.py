@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -101,6 +103,22 @@ def output_dir() -> str:
     return str(hc.run.dir)
 
 
+def run_label(tags: Mapping[str, Any], backbone: str, seed: object) -> str:
+    """``${run_label:${tags},${backbone.name},${seed}}``: a run name that tells the runs of a study apart.
+
+    Stage, then how the run differs within it (``tags.method`` when an experiment sets one, else the stage's own
+    choice: the fine-tuning strategy, the adaptation method), data (``source-to-target`` for adaptation), backbone
+    and seed. A linear probe and a full fine-tune of one sweep are ``finetune-linear_probe-digits-resnet18-s0``
+    and ``finetune-full-digits-resnet18-s0``.
+    """
+    stage = tags.get("stage")
+    how = tags.get("method") or (tags.get(stage) if isinstance(stage, str) else None)
+    data = tags.get("data")
+    if tags.get("target_data"):
+        data = f"{data}-to-{tags.get('target_data')}"
+    return "-".join(str(part) for part in (stage, how, data, backbone, f"s{seed}") if part not in (None, ""))
+
+
 def if_cuda(on_gpu: object, on_cpu: object) -> object:
     """``${if_cuda:<value on GPUs>,<value on CPUs>}``: ``trainer=ddp`` runs as it is on a GPU node and on a laptop
     (SyncBatchNorm and mixed precision need GPUs; on CPUs two gloo processes stand in for the devices)."""
@@ -126,6 +144,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("output_dir", output_dir)
     if not OmegaConf.has_resolver("if_cuda"):
         OmegaConf.register_new_resolver("if_cuda", if_cuda)
+    if not OmegaConf.has_resolver("run_label"):
+        OmegaConf.register_new_resolver("run_label", run_label)
     if not OmegaConf.has_resolver("same_study"):
         OmegaConf.register_new_resolver("same_study", same_study)
 

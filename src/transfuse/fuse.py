@@ -60,7 +60,7 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from transfuse.fusion.members import find_members, load_member
+    from transfuse.fusion.members import find_members, load_member, load_source
     from transfuse.fusion.pool import Pool
     from transfuse.models.build import build_model
     from transfuse.tracking.store import open_store
@@ -75,8 +75,10 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
     client = open_store(cfg.logger.tracking_uri)
     runs = find_members(client, cfg.pool.runs, cfg.pool.filter, cfg.pool.experiments)
     members = [load_member(client, r, class_names) for r in runs]
+    source = load_source(client, members, class_names) if any(m.needs_source for m in methods.values()) else None
     splits = datamodule.splits
-    pool = Pool.predict(members, {s: splits[s].images for s in splits}, {s: splits[s].labels for s in splits})
+    images, labels = {s: splits[s].images for s in splits}, {s: splits[s].labels for s in splits}
+    pool = Pool.predict(members, images, labels, source)
     results = {
         name: run_or_reuse(one, lambda c, name=name: fuse_one(c, methods[name], pool, runs, datamodule))
         for name, one in configs.items()
@@ -90,6 +92,7 @@ def fuse_one(cfg: DictConfig, method: FusionMethod, pool: Pool, runs: list, data
     from transfuse.fusion.students import Students
     from transfuse.models.summary import summarise_predictions
     from transfuse.tracking import artifacts
+    from transfuse.tracking.datasets import run_inputs
     from transfuse.tracking.run import tracked_run
 
     class_names = datamodule.class_names
@@ -97,10 +100,12 @@ def fuse_one(cfg: DictConfig, method: FusionMethod, pool: Pool, runs: list, data
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags) as run:
         run.log_config(cfg)
         run.log_members(runs)
+        members = [r.info.run_id for r in runs]
+        run.log_datasets(run_inputs(run.client, datamodule, cfg.tags, True, members))
         students = Students(cfg, datamodule, run)
         log.info("fusing %d members with %s", len(pool.members), type(method).__name__)
         fused = method.fuse(pool, students)
-        metrics = fused_metrics(fused, pool, len(class_names), cfg.latency_images)
+        metrics = fused_metrics(fused, pool, len(class_names), cfg.cost.latency_batches, cfg.cost.repeats)
         run.log_metrics(metrics)
         if cfg.logger.plots:  # confusion matrix and reliability of the fused test predictions, as a run draws them
             test_logits, test_labels = fused.logits["test"], pool.labels["test"]

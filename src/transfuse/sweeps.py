@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 #: config keys that change where or how a run is recorded, not its result
 NOT_HASHED = (
     "paths",
+    "run_name",
     "logger",
     "resume",
     "checkpoint",

@@ -47,6 +47,27 @@ def test_last_epoch(trainer: L.Trainer, model: ImageClassifier, datamodule: L.Li
     return {key: float(value) for loader in loaders for key, value in loader.items() if key.startswith(prefixes)}
 
 
+def model_inputs(model: ImageClassifier, datamodule: L.LightningDataModule) -> object:
+    """The first test batch as the network (backbone then head) takes it: for the cost, and for pruning that
+    traces the network."""
+    loaders = datamodule.test_dataloader()
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    images = datamodule.on_after_batch_transfer(tuple(next(iter(loader)))[:2], 0)[0]
+    if not images.is_floating_point():  # a feature-caching model takes raw images and transforms them itself
+        images = model.input_transform(images, train=False)
+    return images
+
+
+def measure_cost(model: ImageClassifier, inputs: object, device: object, cost: DictConfig) -> dict[str, float]:
+    """The ``cost/*`` metrics of the trained network (backbone and head, never the feature cache) on ``device``,
+    timed on ``inputs`` (repeated up to the largest latency batch)."""
+    from transfuse.models.summary import model_cost
+
+    model.to(device).eval()
+    predict = lambda x: model.head(model.backbone(x))  # noqa: E731
+    return model_cost([model.backbone, model.head], predict, inputs.to(device), cost.latency_batches, cost.repeats)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one stage and return its final metrics (``val/*``, ``test/*``, ``val/acc_best``...).
 
@@ -54,17 +75,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     if cfg.stage.requires_weights and is_none(cfg.init.weights):
         raise ConfigError(f"stage={cfg.tags.stage} needs init.weights=<source> (a run, a query, a file or timm)")
+    if bool(cfg.stage.get("compress")) != (cfg.get("compress") is not None):
+        raise ConfigError("stage=compress and compress=<method> (e.g. magnitude) go together: give both or neither")
     from transfuse.tracking.store import check_reachable
 
     check_reachable(cfg.logger.tracking_uri)  # a server that does not answer: one line before the slow imports
     import lightning as L
     from hydra.utils import instantiate
 
+    from transfuse.data.base import data_tags
     from transfuse.ddp import cluster_plugins
     from transfuse.models import export
     from transfuse.models.build import build_model
     from transfuse.tracking import artifacts
     from transfuse.tracking.cadence import StepLogInterval
+    from transfuse.tracking.datasets import run_inputs
     from transfuse.tracking.liveness import resume_target
     from transfuse.tracking.resume import Preemption, ResumeCheckpoints, restore_files
     from transfuse.tracking.run import tracked_run
@@ -77,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("deterministic"):  # cuBLAS needs a fixed workspace to be deterministic, set before CUDA starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     init = InitSpec.from_config(cfg.init)
+    compressor = instantiate(cfg.compress) if cfg.get("compress") is not None else None  # a bad ratio fails here
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.datamodule)
     model = build_model(cfg, datamodule.class_names)
@@ -90,17 +116,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model.finetune.check_schedule(epochs)  # a strategy that would silently do nothing is refused
     client = open_store(cfg.logger.tracking_uri)
     loaded = initialise(model, init, client, datamodule.class_names, cfg.stage.on_head_mismatch)
+    if compressor is not None:  # pruned before the run opens: a model it cannot prune leaves no run
+        compressor.apply(model, model_inputs(model, datamodule))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.stage.fit else []
+    if compressor is not None and cfg.stage.fit:
+        callbacks.append(compressor)  # keeps what was pruned pruned while fine-tuning
     digest = config_hash(cfg)
     resumable = cfg.stage.fit and is_rank_zero()  # rank 0 decides; the processes it starts follow (shared_checkpoint)
     resumed = resume_target(client, cfg.resume, cfg.logger.experiment_name, digest) if resumable else None
-    tags = {**cfg.tags, HASH_TAG: digest, RECIPE_TAG: recipe_hash(cfg)}
+    tags = {**cfg.tags, **data_tags(datamodule), HASH_TAG: digest, RECIPE_TAG: recipe_hash(cfg)}
     resume_id = resumed.info.run_id if resumed is not None else None
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags, resume_id) as run:
         if resumed is None:  # a resumed run keeps the config and sources it logged first
             run.log_config(cfg)
             for item in loaded:
                 run.log_source(**item.record())
+            sources = [item.run_id for item in loaded if item.run_id]
+            run.log_datasets(run_inputs(client, datamodule, cfg.tags, cfg.stage.fit, sources))
         if cfg.stage.score:
             source_head = any(item.target == "init" and not item.report.head_reinitialised for item in loaded)
             run.log_metrics(score_model(model, datamodule, source_head=source_head))
@@ -138,6 +170,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if cfg.logger.get("log_model"):  # the tested (best) weights, served: pixels in, logits out
                 example = export.example_images(datamodule, cfg.data.mean, cfg.data.std)
                 artifacts.log_model(run, export.served(model, cfg.data.mean, cfg.data.std, model.class_names), example)
+        if compressor is not None and not cfg.stage.fit:  # no fit, no Lightning checkpoint: save the pruned one
+            trainer.save_checkpoint(checkpoints / "best.ckpt", weights_only=True)  # after test: the model is attached
+            run.client.log_artifact(run.run_id, str(checkpoints / "best.ckpt"), "checkpoints")
+        if cfg.stage.test and is_rank_zero() and cfg.cost.latency_batches is not None:
+            inputs = model_inputs(model, datamodule)
+            seconds |= measure_cost(model, inputs, trainer.strategy.root_device, cfg.cost)
         run.log_metrics(seconds)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | run.logged_scores | last
         if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:

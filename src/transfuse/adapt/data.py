@@ -41,6 +41,11 @@ class DomainPair(L.LightningDataModule):
         return len(self.class_names)
 
     @property
+    def domains(self) -> dict[str, InMemoryImageDataModule]:
+        """The two datamodules by role (what a run logs as its datasets)."""
+        return {"source": self.source, "target": self.target}
+
+    @property
     def splits(self) -> dict[str, ImageTensors]:
         """The source's splits (what a single-domain caller expects)."""
         return self.source.splits

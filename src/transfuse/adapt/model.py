@@ -56,8 +56,8 @@ class AdaptClassifier(ImageClassifier):
         align = self.alignment(source_features, target_features, self.progress())
         return TrainOutputs(self.head(source_features), labels, {"align_loss": align})
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], split: str, dataloader_idx: int) -> None:
-        images, labels = batch
+    def _eval_step(self, batch: tuple[Tensor, ...], split: str, dataloader_idx: int) -> None:
+        images, labels, *_ = batch  # a fused source (data=mix) also gives each image's source index
         domain = DOMAINS[dataloader_idx]
         features = self.backbone(images)
         logits = self.head(features)

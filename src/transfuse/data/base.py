@@ -26,10 +26,12 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class ImageTensors:
-    """Images as uint8 ``[N, C, H, W]`` (or ``[N, V, C, H, W]``: V views of each sample) and labels ``[N]``."""
+    """Images as uint8 ``[N, C, H, W]`` (or ``[N, V, C, H, W]``: V views of each sample) and labels ``[N]``;
+    a fused dataset also says which of its sources each image came from (``domains [N]``, else None)."""
 
     images: Tensor
     labels: Tensor
+    domains: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim not in (4, 5) or self.labels.ndim != 1 or len(self.images) != len(self.labels):
@@ -38,12 +40,15 @@ class ImageTensors:
                 f"{tuple(self.labels.shape)}"
             )
         self.labels = self.labels.long()
+        if self.domains is not None and self.domains.shape != self.labels.shape:
+            raise DataError(f"expected one domain per label, got {tuple(self.domains.shape)} for {len(self.labels)}")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: Tensor) -> ImageTensors:
-        return ImageTensors(self.images[index], self.labels[index])
+        domains = self.domains[index] if self.domains is not None else None
+        return ImageTensors(self.images[index], self.labels[index], domains)
 
 
 class TensorBatches(Dataset):
@@ -80,6 +85,11 @@ def _test_shard(dataset: Dataset) -> Sampler | None:
 
     world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+
+
+def data_tags(datamodule: L.LightningDataModule) -> dict[str, str]:
+    """The MLflow tags a datamodule adds to its run (:meth:`InMemoryImageDataModule.run_tags`); none for others."""
+    return datamodule.run_tags() if isinstance(datamodule, InMemoryImageDataModule) else {}
 
 
 class InMemoryImageDataModule(L.LightningDataModule):
@@ -136,6 +146,17 @@ class InMemoryImageDataModule(L.LightningDataModule):
     def describe(self) -> str:
         """Where the images come from, for error messages (a preset that reads files names its folders)."""
         return f"dataset {type(self).__name__}"
+
+    @property
+    def domain_names(self) -> list[str]:
+        """The sources of a fused dataset, in the order of its ``domains`` indices; a single dataset has none.
+        With names, validation and test batches carry a third item, the source index of each image, and the
+        model logs ``val/<source>/*`` and ``test/<source>/*`` beside the pooled metrics."""
+        return []
+
+    def run_tags(self) -> dict[str, str]:
+        """MLflow tags that describe the data beyond its preset name (a fused dataset's sources)."""
+        return {}
 
     def load_splits(self) -> tuple[dict[str, ImageTensors], list[str]]:
         """The given splits that :attr:`splits` carves: :meth:`load`'s, unless the dataset streams."""
@@ -218,14 +239,14 @@ class InMemoryImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")
 
-    def prepare(self, batch: tuple[Tensor, Tensor], train: bool, raw: bool = False) -> tuple[Tensor, Tensor]:
+    def prepare(self, batch: tuple[Tensor, ...], train: bool, raw: bool = False) -> tuple[Tensor, ...]:
         """A batch of :meth:`loader`, on the device -> what the model takes: transformed and normalised images
         (augmented when ``train``), or with ``raw`` the uint8 images as they are (a feature cache transforms
-        only the images it has not seen)."""
-        images, labels = batch
-        return (images if raw else self.transform(images, train=train)), labels
+        only the images it has not seen). Items after the labels (a fused dataset's domains) pass through."""
+        images, labels, *rest = batch
+        return ((images if raw else self.transform(images, train=train)), labels, *rest)
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+    def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, ...]:
         module = self.trainer.lightning_module if self.trainer is not None else None
         # a model that caches features of a frozen backbone needs the same input every epoch
         augment = self.trainer is not None and self.trainer.training and getattr(module, "wants_augmentation", True)

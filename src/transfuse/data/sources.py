@@ -130,6 +130,15 @@ class ArraySource(Source):
     def name(self, i: int) -> str:
         return f"image {i} of {self.path}" if self.path is not None else f"image {i}"
 
+    def fingerprint(self) -> str:
+        """The mapped file's path, size and time (the decoded cache names it after its source's fingerprint), or
+        a hash of the pixels held in memory."""
+        if self.path is not None:
+            stat = os.stat(self.path)
+            return hashlib.sha256(f"array|{self.path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+        pixels = np.ascontiguousarray(self.images.numpy())
+        return hashlib.sha256(b"array|" + str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+
 
 class ShardSource(Source):
     """Images stored as their original encoded bytes in litdata shards (:mod:`transfuse.data.shards`), read by

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import statistics
-import time
+from collections.abc import Sequence
 
 import torch
 
 from transfuse.fusion.methods import Fused
 from transfuse.fusion.pool import Pool
 from transfuse.models.classifier import classification_metrics
+from transfuse.models.summary import model_cost
 
 #: the held-out splits a fusion is scored on
 SPLITS = ("val", "test")
@@ -22,20 +23,12 @@ def split_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     return {f"{prefix}{k}": float(v) for k, v in metrics.compute().items()}
 
 
-def latency_ms(fused: Fused, images: torch.Tensor, repeats: int = 3) -> float:
-    """Median wall time per image of the fused model's whole prediction path, after one warm-up pass."""
-    fused.predict(images)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fused.predict(images)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / len(images)
-
-
-def fused_metrics(fused: Fused, pool: Pool, num_classes: int, latency_images: int) -> dict[str, float]:
+def fused_metrics(
+    fused: Fused, pool: Pool, num_classes: int, latency_batches: Sequence[int] = (1, 256), repeats: int = 3
+) -> dict[str, float]:
     """The fused model's split metrics, each member's accuracy beside them, the member validation would pick,
-    and the cost (parameters, members used, latency per image), plus any fusion weights."""
+    and the cost (:func:`~transfuse.models.summary.model_cost` of its whole prediction path from raw test images,
+    plus the members used), plus any fusion weights."""
     metrics: dict[str, float] = {}
     for split in SPLITS:
         metrics |= split_metrics(fused.logits[split], pool.labels[split], num_classes, f"{split}/")
@@ -45,7 +38,8 @@ def fused_metrics(fused: Fused, pool: Pool, num_classes: int, latency_images: in
     chosen = max(range(len(pool.members)), key=lambda i: member_val[i])
     metrics["members/best_val/test/acc"] = member_test[chosen]  # the single model validation would pick
     metrics["members/mean/test/acc"] = statistics.fmean(member_test)
-    metrics["cost/params"] = float(fused.params)
+    metrics |= model_cost(fused.modules, fused.predict, pool.images["test"], latency_batches, repeats)
     metrics["cost/members_used"] = float(len(fused.used))
-    metrics["cost/latency_ms_per_image"] = latency_ms(fused, pool.images["test"][:latency_images])
+    if latency_batches:  # the name fusion runs logged the largest batch's latency under before cost/latency_ms_b<n>
+        metrics["cost/latency_ms_per_image"] = metrics[f"cost/latency_ms_b{max(latency_batches)}"]
     return metrics | fused.weights

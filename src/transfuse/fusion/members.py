@@ -184,3 +184,36 @@ def load_member(client: MlflowClient, run: Run, class_names: list[str]) -> Membe
     data = config.data
     transform = BatchTransform(data.image_size, data.channels, list(data.mean), list(data.std))
     return Member(run, config, net.eval(), transform, run.data.tags.get(SOURCE_TAG, ""))
+
+
+def load_source(client: MlflowClient, members: Sequence[Member], class_names: list[str]) -> dict[str, Tensor]:
+    """The weights every member was fine-tuned from (their ``init.source`` tag), keyed like a member's network:
+    what task vectors are measured from. Members of no source, or of different ones, are refused by name. A source
+    classifier of other classes than the fusion's is left out (the members' heads then have no task vector)."""
+    import copy
+
+    from transfuse.weights.loading import classifier_prefix, head_policy
+    from transfuse.weights.sources import as_model_keys, resolve
+
+    first = members[0]
+    for i, member in enumerate(members):
+        if not member.source:
+            raise FusionError(
+                f"member {i} {member.label} was trained from scratch: merging task vectors needs members "
+                "fine-tuned from one source"
+            )
+        if member.source != first.source:
+            raise FusionError(
+                f"member {i} {member.label} was fine-tuned from {member.source}, member 0 {first.label} from "
+                f"{first.source}: task vectors need one shared source"
+            )
+    net = copy.deepcopy(first.net)
+    checkpoint = resolve(first.source, client, net.backbone)
+    own = net.state_dict()
+    state = as_model_keys(checkpoint.state_dict)
+    dropped = classifier_prefix(net) if head_policy(net, checkpoint, class_names, "reinit").reinit else None
+    return {
+        k: v
+        for k, v in state.items()
+        if k in own and own[k].shape == v.shape and not (dropped and k.startswith(dropped))
+    }

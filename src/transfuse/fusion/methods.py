@@ -3,14 +3,14 @@
 A method's ``fuse(pool, students)`` gets a :class:`~transfuse.fusion.pool.Pool` (members, data, the members'
 logits) and, for the methods that train a model, :class:`~transfuse.fusion.students.Students`; it returns a
 :class:`Fused`: its logits per split, a ``predict`` function from raw images (used to time it), its parameter
-count, any fusion weights, and for soups and students the weights to save. Scoring is
+modules (what it holds, for its cost), any fusion weights, and for soups and students the weights to save. Scoring is
 :mod:`transfuse.fusion.evaluate`'s job.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from transfuse.errors import ConfigError, FusionError
-from transfuse.fusion import combine
+from transfuse.fusion import combine, merging
 from transfuse.fusion.members import Member
 from transfuse.fusion.pool import Pool
 from transfuse.fusion.soups import average_state_dicts, check_soup_members, greedy_soup
@@ -27,11 +27,11 @@ from transfuse.fusion.students import Students
 
 @dataclass
 class Fused:
-    """A fused model: its scores per split and what it costs."""
+    """A fused model: its scores per split, its inference path and the networks it runs (its cost)."""
 
     logits: dict[str, Tensor]
     predict: Callable[[Tensor], Tensor]
-    params: int
+    modules: list[nn.Module]
     used: list[int]
     weights: dict[str, float] = field(default_factory=dict)
     state_dict: dict[str, Tensor] | None = None
@@ -40,17 +40,20 @@ class Fused:
 class FusionMethod:
     """Base of every method: ``fuse(pool, students)`` returns a :class:`Fused`.
 
-    ``trains_student`` tells the entry point to check, before any run opens, that the config's student builds.
+    ``trains_student`` tells the entry point to check, before any run opens, that the config's student builds;
+    ``needs_source`` to load the members' source weights, also before any run opens.
     """
 
     trains_student: ClassVar[bool] = False
+    #: the entry point loads the members' shared source weights into ``pool.source`` (task vectors need them)
+    needs_source: ClassVar[bool] = False
 
     def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         raise NotImplementedError
 
 
-def _params(members: list[Member], used: list[int]) -> int:
-    return sum(p.numel() for i in used for p in members[i].net.parameters())
+def _nets(members: list[Member], used: list[int]) -> list[nn.Module]:
+    return [members[i].net for i in used]
 
 
 class BestMember(FusionMethod):
@@ -62,7 +65,7 @@ class BestMember(FusionMethod):
         member = pool.members[best]
         weights = {f"weight/{i}": float(i == best) for i in range(len(pool.members))}
         logits = {split: member_logits[best] for split, member_logits in pool.logits.items()}
-        return Fused(logits, member.predict, _params(pool.members, [best]), [best], weights)
+        return Fused(logits, member.predict, _nets(pool.members, [best]), [best], weights)
 
 
 class DecisionRule(FusionMethod):
@@ -75,7 +78,7 @@ class DecisionRule(FusionMethod):
         return Fused(
             {split: self.rule(logits) for split, logits in pool.logits.items()},
             lambda raw: self.rule(torch.stack([m.predict(raw) for m in members])),
-            _params(members, used),
+            _nets(members, used),
             used,
         )
 
@@ -104,7 +107,7 @@ class Weighted(FusionMethod):
         return Fused(
             {split: combine.weighted(logits, w) for split, logits in pool.logits.items()},
             lambda raw: combine.weighted(torch.stack([m.predict(raw) for m in members]), w),
-            _params(members, used),
+            _nets(members, used),
             used,
             {f"weight/{i}": float(v) for i, v in enumerate(w)},
         )
@@ -124,27 +127,45 @@ class Stacking(FusionMethod):
         return Fused(
             {split: stacker(logits) for split, logits in pool.logits.items()},
             lambda raw: stacker(torch.stack([m.predict(raw) for m in members])),
-            _params(members, used),
+            _nets(members, used),
             used,
             {f"weight/{i}": float(v) for i, v in enumerate(share / share.sum())},
         )
 
 
-class _Soup(FusionMethod):
-    def __init__(self, require_shared_init: bool = True) -> None:
-        self.require_shared_init = require_shared_init
+def _batches(images: Tensor, size: int = 256) -> list[Tensor]:
+    return [images[i : i + size] for i in range(0, len(images), size)]
 
-    def _model(self, pool: Pool, state: dict[str, Tensor]) -> Member:
+
+class _Soup(FusionMethod):
+    """A method whose result is one network of the members' architecture, made from their weights.
+
+    Args:
+        require_shared_init: refuse members that were not fine-tuned from one source (see
+            :func:`~transfuse.fusion.soups.check_soup_members`).
+        reset_bn: after weights are averaged, re-estimate the BatchNorm running statistics on the fusion data's
+            training images (:func:`~transfuse.fusion.merging.reset_bn`); a no-op for networks without BatchNorm.
+    """
+
+    def __init__(self, require_shared_init: bool = True, reset_bn: bool = True) -> None:
+        self.require_shared_init, self.reset_bn = require_shared_init, reset_bn
+
+    def _model(self, pool: Pool, state: dict[str, Tensor], averaged: bool = True) -> Member:
+        """A network of member 0's architecture holding ``state`` (statistics re-estimated when ``averaged``)."""
         member = copy.copy(pool.members[0])
         member.net = copy.deepcopy(member.net)
         member.net.load_state_dict(state)
+        if averaged and self.reset_bn:
+            merging.reset_bn(member.net, _batches(pool.images["train"]), lambda x: member.transform(x, train=False))
+        member.net.eval()
         return member
 
-    def _fused(self, pool: Pool, state: dict[str, Tensor], used: list[int]) -> Fused:
-        soup = self._model(pool, state)
+    def _fused(self, pool: Pool, soup: Member, used: list[int], weights: dict[str, float]) -> Fused:
         logits = {split: soup.predict(pool.images[split]) for split in pool.logits}
-        weights = {f"weight/{i}": (1.0 / len(used) if i in used else 0.0) for i in range(len(pool.members))}
-        return Fused(logits, soup.predict, _params(pool.members, used[:1]), used, weights, state)
+        return Fused(logits, soup.predict, [soup.net], used, weights, soup.net.state_dict())
+
+    def _uniform(self, pool: Pool, used: list[int]) -> dict[str, float]:
+        return {f"weight/{i}": (1.0 / len(used) if i in used else 0.0) for i in range(len(pool.members))}
 
 
 class UniformSoup(_Soup):
@@ -153,11 +174,13 @@ class UniformSoup(_Soup):
     def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         check_soup_members(pool.members, self.require_shared_init)
         used = list(range(len(pool.members)))
-        return self._fused(pool, average_state_dicts([m.net.state_dict() for m in pool.members]), used)
+        state = average_state_dicts([m.net.state_dict() for m in pool.members])
+        return self._fused(pool, self._model(pool, state, averaged=len(used) > 1), used, self._uniform(pool, used))
 
 
 class GreedySoup(_Soup):
-    """Members by validation accuracy, each kept only if the soup's validation accuracy improves."""
+    """Members by validation accuracy, each kept only if the soup's validation accuracy improves (each candidate
+    soup scored with its BatchNorm statistics re-estimated when ``reset_bn``)."""
 
     def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         check_soup_members(pool.members, self.require_shared_init)
@@ -167,7 +190,100 @@ class GreedySoup(_Soup):
 
         states = [m.net.state_dict() for m in pool.members]
         state, used, _ = greedy_soup(states, pool.member_accuracy("val"), evaluate)
-        return self._fused(pool, state, used)
+        return self._fused(pool, self._model(pool, state, averaged=len(used) > 1), used, self._uniform(pool, used))
+
+
+class _ScaledMerge(_Soup):
+    """A merge of task vectors (members minus their shared source) added to the source with a scale chosen on the
+    validation split from ``scales``; logs the chosen ``merge/scale`` and each scale's ``merge/val_acc_at_<s>``."""
+
+    needs_source = True
+
+    def __init__(self, scales: Sequence[float], reset_bn: bool = True) -> None:
+        if not scales:
+            raise ConfigError(f"fusion_method.{type(self).__name__}: scales is empty; give the grid to choose from")
+        super().__init__(require_shared_init=True, reset_bn=reset_bn)
+        self.scales = [float(s) for s in scales]
+
+    def merge(self, source: dict[str, Tensor], states: list[dict[str, Tensor]], scale: float) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
+        check_soup_members(pool.members, require_shared_init=True)
+        if pool.source is None:
+            raise FusionError(f"{type(self).__name__} needs the members' source weights: load the pool with them")
+        states = [m.net.state_dict() for m in pool.members]
+        scores, best = {}, None
+        for scale in self.scales:
+            model = self._model(pool, self.merge(pool.source, states, scale))
+            scores[scale] = pool.accuracy(model.predict(pool.images["val"]), "val")
+            if best is None or scores[scale] > scores[best[0]]:
+                best = (scale, model)
+        scale, model = best
+        weights = {"merge/scale": scale} | {f"merge/val_acc_at_{s:g}": acc for s, acc in scores.items()}
+        return self._fused(pool, model, list(range(len(pool.members))), weights)
+
+
+class TaskArithmetic(_ScaledMerge):
+    """Task arithmetic (Ilharco et al. 2023): the source plus ``scale`` times the sum of the task vectors."""
+
+    def __init__(self, scales: Sequence[float] = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0), reset_bn: bool = True) -> None:
+        super().__init__(scales, reset_bn)
+
+    def merge(self, source: dict[str, Tensor], states: list[dict[str, Tensor]], scale: float) -> dict[str, Tensor]:
+        return merging.task_arithmetic(source, states, scale)
+
+
+class Ties(_ScaledMerge):
+    """TIES-merging (Yadav et al. 2023): task vectors trimmed to their ``density`` largest entries, signs elected,
+    the agreeing values averaged, added to the source with ``scale``."""
+
+    def __init__(
+        self, scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5), density: float = 0.2, reset_bn: bool = True
+    ) -> None:
+        if not 0.0 < density <= 1.0:
+            raise ConfigError(f"fusion_method.ties.density must be in (0, 1], got {density}")
+        super().__init__(scales, reset_bn)
+        self.density = density
+
+    def merge(self, source: dict[str, Tensor], states: list[dict[str, Tensor]], scale: float) -> dict[str, Tensor]:
+        return merging.ties(source, states, scale, self.density)
+
+
+class FisherMerge(_Soup):
+    """Fisher merging (Matena & Raffel 2022): each weight the members' values weighted by their diagonal Fisher,
+    estimated on the first ``images`` training images of the fusion data.
+
+    Args:
+        images: training images each member's Fisher is estimated on (one backward pass per image).
+        labels: ``sampled`` (labels drawn from the member's own prediction, the true Fisher, as in the paper) or
+            ``true`` (the data's labels, the empirical Fisher).
+        floor: added to every Fisher value, so weights no member depends on are plainly averaged.
+        reset_bn: as for the soups.
+    """
+
+    LABELS = ("sampled", "true")
+
+    def __init__(self, images: int = 256, labels: str = "sampled", floor: float = 1e-8, reset_bn: bool = True) -> None:
+        if labels not in self.LABELS:
+            raise ConfigError(f"fusion_method.fisher.labels must be one of {list(self.LABELS)}, got {labels!r}")
+        if images < 1:
+            raise ConfigError(f"fusion_method.fisher.images must be at least 1, got {images}")
+        super().__init__(require_shared_init=True, reset_bn=reset_bn)
+        self.images, self.labels, self.floor = images, labels, floor
+
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
+        check_soup_members(pool.members, require_shared_init=True)
+        raw, labels = pool.images["train"][: self.images], pool.labels["train"][: self.images]
+        fishers = []
+        for member in pool.members:
+            device = next(member.net.parameters()).device
+            inputs = [member.transform(batch.to(device), train=False) for batch in _batches(raw, 64)]
+            given = _batches(labels, 64) if self.labels == "true" else None
+            fishers.append(merging.diagonal_fisher(member.net, inputs, given))
+        state = merging.fisher_merge([m.net.state_dict() for m in pool.members], fishers, self.floor)
+        used = list(range(len(pool.members)))  # each weight has its own weighting: no one weight per member
+        return self._fused(pool, self._model(pool, state, averaged=len(used) > 1), used, {})
 
 
 class FeatureConcat(FusionMethod):
@@ -207,9 +323,8 @@ class FeatureConcat(FusionMethod):
         used = list(range(len(members)))
         with torch.no_grad():
             logits = {split: head(feats[split]) for split in pool.logits}
-        params = sum(p.numel() for m in members for p in m.net.backbone.parameters())
-        params += sum(p.numel() for p in head.parameters())
-        return Fused(logits, lambda raw: head(self.features(members, raw)), params, used)
+        modules = [*(m.net.backbone for m in members), head]
+        return Fused(logits, lambda raw: head(self.features(members, raw)), modules, used)
 
 
 class Distill(FusionMethod):
@@ -250,7 +365,4 @@ class Distill(FusionMethod):
 
         logits = {split: predict(pool.images[split]) for split in pool.logits}
         net_state = {k: v for k, v in student.state_dict().items() if k.startswith(("backbone.", "head."))}
-        params = sum(p.numel() for p in student.backbone.parameters()) + sum(
-            p.numel() for p in student.head.parameters()
-        )
-        return Fused(logits, predict, params, [], {}, net_state)
+        return Fused(logits, predict, [student.backbone, student.head], [], {}, net_state)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassF1Score
 
+from transfuse.data.base import InMemoryImageDataModule
 from transfuse.data.transforms import BatchTransform
 from transfuse.finetune import Full, Strategy, batchnorms
 from transfuse.models.backbones import Block
@@ -64,6 +65,22 @@ class MeanLoss(Metric):
 
     def compute(self) -> Tensor:
         return (self.total / self.count).float()
+
+
+class ImageCount(Metric):
+    """How many images a split's metrics saw (``<split>/<source>/images`` of a fused dataset's sources)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        self.count += len(labels)
+
+    def compute(self) -> Tensor:
+        return self.count.float()
 
 
 def classification_metrics(
@@ -129,6 +146,10 @@ class ImageClassifier(L.LightningModule):
         #: first key segment -> logged name while a test pass is logged under another name (``test_last``)
         self._split_names: dict[str, str] = {}
         self.feature_cache = FeatureCache()
+        #: how the layers differ from what backbone and head configs build (``channel_pruned``), saved in checkpoints
+        self.architecture: str | None = None
+        #: ``val/<source>/*``, ``test/<source>/*`` of a fused dataset's sources, keyed ``<split>_<index>``; see setup()
+        self.domain_metrics = nn.ModuleDict()
         #: the datamodule's batch transform, taken in ``setup`` so the cache can prepare only the images it misses
         self.input_transform: BatchTransform | None = None
         self.finetune = finetune or Full()
@@ -179,7 +200,22 @@ class ImageClassifier(L.LightningModule):
         return self.caching and self.input_transform is not None
 
     def setup(self, stage: str) -> None:
-        self.input_transform = getattr(self.trainer.datamodule, "transform", None)
+        datamodule = self.trainer.datamodule
+        self.input_transform = getattr(datamodule, "transform", None)
+        if isinstance(datamodule, InMemoryImageDataModule) and datamodule.domain_names and not self.domain_metrics:
+            self.track_domains(datamodule.domain_names)
+
+    def track_domains(self, names: Sequence[str]) -> None:
+        """Metrics per source of a fused dataset, for evaluation batches that carry each image's source index."""
+        evaluation = classification_metrics(len(self.class_names), self.hparams.ece_bins, self.criterion)
+        evaluation.add_metrics({"images": ImageCount()})
+        self.domain_metrics = nn.ModuleDict(
+            {
+                f"{split}_{i}": evaluation.clone(prefix=f"{split}/{name}/")
+                for split in ("val", "test")
+                for i, name in enumerate(names)
+            }
+        ).to(self.device)
 
     def forward(self, images: Tensor) -> Tensor:
         if not self.caching:
@@ -238,10 +274,14 @@ class ImageClassifier(L.LightningModule):
                 self.log(f"train/{name}", term, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection, split: str) -> None:
-        images, labels = batch
+    def _eval_step(self, batch: tuple[Tensor, ...], metrics: MetricCollection, split: str) -> None:
+        images, labels, *domains = batch  # a fused dataset's batches also say each image's source
         logits = self(images)
         metrics.update(logits.detach(), labels)
+        if domains and self.domain_metrics:
+            for d in domains[0].unique().tolist():
+                chosen = domains[0] == d
+                self.domain_metrics[f"{split}_{d}"].update(logits.detach()[chosen], labels[chosen])
         if split == "test":
             self.test_predictions.update(logits, labels)
 
@@ -274,14 +314,21 @@ class ImageClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log_epoch_metrics(self.train_metrics)
 
+    def log_domain_metrics(self, split: str) -> None:
+        for key, metrics in self.domain_metrics.items():
+            if key.startswith(f"{split}_"):
+                self.log_epoch_metrics(metrics)
+
     def on_validation_epoch_end(self) -> None:
         self.log_epoch_metrics(self.val_metrics, prog_bar=True)
+        self.log_domain_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self.test_predictions.reset()  # each test pass (best weights, last weights...) has its own summary
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch_metrics(self.test_metrics)
+        self.log_domain_metrics("test")
         summary = self.test_summary  # counted over every process of a DDP job: each test image once
         if summary is not None:
             self.log(self.logged_name("test/images"), float(summary.total), sync_dist=True)
@@ -310,3 +357,5 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["transfuse"] = {"class_names": self.class_names}
+        if self.architecture is not None:  # e.g. channel_pruned: loading resizes the layers to the saved shapes
+            checkpoint["transfuse"]["architecture"] = self.architecture

@@ -48,7 +48,7 @@ def served(model: nn.Module, mean: Sequence[float], std: Sequence[float], class_
 def example_images(datamodule: object, mean: Sequence[float], std: Sequence[float], count: int = 2) -> Tensor:
     """``count`` test images as the served model takes them: the datamodule's evaluation transform (size,
     channels), its normalisation (``mean``, ``std``) undone, so floats in [0, 1]."""
-    images, labels = next(iter(datamodule.test_dataloader()))
+    images, labels, *_ = next(iter(datamodule.test_dataloader()))  # a fused dataset adds each image's source
     images, _ = datamodule.on_after_batch_transfer((images[:count], labels[:count]), 0)
     if images.dim() != 4:
         raise ConfigError("logger.log_model serves single-image models; this one takes several images per sample")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Param, Run, RunStatus
+from mlflow.entities import DatasetInput, Param, Run, RunStatus
 from omegaconf import DictConfig, OmegaConf
 
 from transfuse.errors import Preempted
@@ -147,6 +147,11 @@ class TrackedRun:
             self.client.log_metric(self.run_id, key, value)
             self.logged_scores[key] = float(value)
 
+    def log_datasets(self, inputs: Sequence[DatasetInput]) -> None:
+        """Attach datasets (see :mod:`transfuse.tracking.datasets`): the UI's Datasets column and filter."""
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=list(inputs))
+
     def log_source(
         self,
         source: str,
@@ -210,6 +215,9 @@ class PassiveRun(TrackedRun):
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         self.logged_scores.update({key: float(value) for key, value in metrics.items()})
+
+    def log_datasets(self, inputs: Sequence[DatasetInput]) -> None:
+        pass
 
     def log_source(self, *args: Any, **kwargs: Any) -> None:
         pass

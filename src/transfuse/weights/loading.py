@@ -7,6 +7,7 @@ What happens to the classifier is decided once, from the classes and the options
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from transfuse.weights.sources import HEAD_PREFIX, Checkpoint, as_model_keys
 log = logging.getLogger(__name__)
 
 HEAD_MISMATCH = ("reinit", "error")
+#: ``Checkpoint.architecture`` of a channel-pruned model: its layers are resized to the saved shapes on loading
+CHANNEL_PRUNED = "channel_pruned"
 
 
 @dataclass
@@ -81,7 +84,9 @@ def head_policy(
         raise WeightsError("init.fresh_head=true leaves an untrained classifier: only a stage that trains can use it")
     state, own = as_model_keys(checkpoint.state_dict), model.state_dict()
     head_keys = [k for k in state if k.startswith(HEAD_PREFIX)]
-    shapes_differ = any(k in own and own[k].shape != state[k].shape for k in head_keys)
+    # a channel-pruned head may take fewer features: only its rows, the classes, must match
+    compared = slice(0, 1) if checkpoint.architecture == CHANNEL_PRUNED else slice(None)
+    shapes_differ = any(k in own and own[k].shape[compared] != state[k].shape[compared] for k in head_keys)
     names_differ = checkpoint.class_names is not None and list(checkpoint.class_names) != list(class_names)
     if not head_keys or not (shapes_differ or names_differ or fresh_head):
         if class_map:
@@ -127,9 +132,66 @@ def _mapped_rows(class_map: Mapping[str, str], checkpoint: Checkpoint, class_nam
     return [(class_names.index(t), checkpoint.class_names.index(s)) for t, s in class_map.items()]
 
 
+def _resized(module: nn.Module, weight: Tensor) -> nn.Module | None:
+    """A fresh layer like ``module`` whose weight has ``weight``'s shape (None when it has it already)."""
+    if module.weight.shape == weight.shape:
+        return None
+    if isinstance(module, nn.Conv2d):
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        groups = weight.shape[0] if depthwise else module.groups
+        return nn.Conv2d(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            groups,
+            module.bias is not None,
+            module.padding_mode,
+        )
+    if isinstance(module, nn.Linear):
+        return nn.Linear(weight.shape[1], weight.shape[0], module.bias is not None)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm):
+        resized = copy.deepcopy(module)
+        for key, value in list(resized.named_parameters(recurse=False)) + list(resized.named_buffers(recurse=False)):
+            if value is not None and value.dim() == 1:
+                setattr(resized, key, type(value)(torch.empty(weight.shape[0], dtype=value.dtype)))
+        if hasattr(resized, "num_features"):
+            resized.num_features = weight.shape[0]
+        if isinstance(resized, nn.GroupNorm):
+            resized.num_channels = weight.shape[0]
+        if isinstance(resized, nn.LayerNorm):
+            resized.normalized_shape = (weight.shape[0],)
+        return resized
+    raise WeightsError(f"cannot resize a {type(module).__name__} to the checkpoint's {tuple(weight.shape)}")
+
+
+def resize_to(model: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """Give every layer of ``model`` whose weight the checkpoint saved in another shape (a channel-pruned model)
+    that shape: convolutions, linear and normalisation layers are rebuilt alike, fresh, ready for the weights.
+    Returns the names of the layers resized."""
+    resized = []
+    for name, module in list(model.named_modules()):
+        weight = state.get(f"{name}.weight")
+        if weight is None or not isinstance(getattr(module, "weight", None), Tensor):
+            continue
+        new = _resized(module, weight)
+        if new is not None:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+            resized.append(name)
+    return resized
+
+
 def apply(model: nn.Module, checkpoint: Checkpoint, policy: HeadPolicy) -> LoadReport:
-    """Copy the checkpoint into ``model`` under ``policy``; refuse any shape mismatch it does not explain."""
-    state, own = as_model_keys(checkpoint.state_dict), model.state_dict()
+    """Copy the checkpoint into ``model`` under ``policy``; refuse any shape mismatch it does not explain
+    (a channel-pruned checkpoint first resizes the model's layers to its own)."""
+    state = as_model_keys(checkpoint.state_dict)
+    if checkpoint.architecture == CHANNEL_PRUNED:
+        names = resize_to(model, state)
+        log.info("%d layers resized to the channel-pruned checkpoint %s", len(names), checkpoint.source)
+    own = model.state_dict()
     classifier: dict[str, Tensor] = {}
     if policy.reinit:
         prefix = classifier_prefix(model)

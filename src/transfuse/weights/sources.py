@@ -43,11 +43,19 @@ class Checkpoint:
     source: str
     class_names: list[str] | None = None
     run_id: str | None = None
+    #: ``channel_pruned``: layers narrower than the model's own, which loading resizes to the saved shapes
+    architecture: str | None = None
 
 
 def read_file(path: str | Path, name: str | None = None) -> tuple[dict[str, Tensor], list[str] | None]:
     """Read a state dict (and saved class names, for transfuse checkpoints) from a weights file; errors call it
     ``name`` (e.g. the ``runs:/`` address of a downloaded artifact) when given."""
+    state, class_names, _ = read_checkpoint(path, name)
+    return state, class_names
+
+
+def read_checkpoint(path: str | Path, name: str | None = None) -> tuple[dict[str, Tensor], list[str] | None, dict]:
+    """:func:`read_file`, with the rest of a transfuse checkpoint's ``transfuse`` record (``architecture``)."""
     path = Path(path).expanduser()
     shown = name or str(path)
     if not path.is_file():
@@ -61,7 +69,7 @@ def read_file(path: str | Path, name: str | None = None) -> tuple[dict[str, Tens
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path)), None
+            return load_file(str(path)), None, {}
         except (SafetensorError, OSError):
             raise unreadable from None
     try:
@@ -75,10 +83,10 @@ def read_file(path: str | Path, name: str | None = None) -> tuple[dict[str, Tens
             ) from None
         raise unreadable from None
     if isinstance(obj, dict) and "state_dict" in obj:  # Lightning checkpoint
-        class_names = obj.get("transfuse", {}).get("class_names")
-        return obj["state_dict"], class_names
+        record = dict(obj.get("transfuse", {}))
+        return obj["state_dict"], record.pop("class_names", None), record
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return obj, None
+        return obj, None, {}
     raise WeightsError(f"{shown} holds no state dict (expected a tensor dict or a Lightning checkpoint)")
 
 
@@ -97,8 +105,8 @@ def _run_checkpoint(client: MlflowClient, run_id: str, artifact: str) -> Checkpo
                 f"run {run_id} ({run.info.run_name}, {run.info.status}) has no artifact {artifact!r}; "
                 "only runs that trained log checkpoints"
             ) from None
-        state, class_names = read_file(local, f"runs:/{run_id}/{artifact}")
-    return Checkpoint(state, f"runs:/{run_id}/{artifact}", class_names, run_id)
+        state, class_names, record = read_checkpoint(local, f"runs:/{run_id}/{artifact}")
+    return Checkpoint(state, f"runs:/{run_id}/{artifact}", class_names, run_id, record.get("architecture"))
 
 
 def find_run(client: MlflowClient, query: str) -> str:
@@ -142,8 +150,8 @@ def resolve(spec: str | None, client: MlflowClient, backbone: TimmBackbone) -> C
     if spec.startswith("runs:/"):
         return _run_checkpoint(client, *artifact_path(spec))
     if spec.endswith(FILE_SUFFIXES) or Path(spec).expanduser().is_file():
-        state, class_names = read_file(spec)
-        return Checkpoint(state, str(Path(spec).expanduser().resolve()), class_names)
+        state, class_names, record = read_checkpoint(spec)
+        return Checkpoint(state, str(Path(spec).expanduser().resolve()), class_names, None, record.get("architecture"))
     if _FILTER_SYNTAX.search(spec):
         return _run_checkpoint(client, find_run(client, spec), DEFAULT_ARTIFACT)
     raise WeightsError(
