@@ -565,3 +565,33 @@ def test_a_run_records_its_environment(tracking_uri):
     listed = client.download_artifacts(run.run_id, "environment.txt")
     lines = Path(listed).read_text().splitlines()
     assert f"torch=={tags['env.torch']}" in lines and lines[-len(distributions()) :] == list(distributions())
+
+
+def test_what_sets_recipes_apart_ignores_the_seed_but_not_values_that_equal_it():
+    from types import SimpleNamespace
+
+    from transfuse.report.checks import differing_keys
+
+    def run(seed: int, epochs: int) -> SimpleNamespace:
+        params = {
+            "seed": str(seed),
+            "data.subset_seed": str(seed),  # follows the seed
+            "source_query": f"tags.stage = 'pretrain' and params.seed = '{seed}'",
+            "callbacks.save_top_k": "1",  # equals seed 1's value without following it
+            "data.split_seed": "0",  # equals seed 0's value without following it
+            "trainer.max_epochs": str(epochs),
+        }
+        return SimpleNamespace(data=SimpleNamespace(params=params))
+
+    # one run per recipe, each of another seed: only the epochs set them apart
+    assert differing_keys([[run(0, 30)], [run(1, 6)], [run(2, 1)]]) == {"params.trainer.max_epochs": ["30", "6", "1"]}
+    # several seeds per recipe: the same
+    groups = [[run(0, 30), run(1, 30)], [run(0, 6), run(1, 6)]]
+    assert differing_keys(groups) == {"params.trainer.max_epochs": ["30", "6"]}
+    # a query that names other stages in the two recipes is compared with the seed masked
+    other = [run(0, 30), run(1, 30)]
+    for one in other:
+        one.data.params["source_query"] = one.data.params["source_query"].replace("pretrain", "finetune")
+    found = differing_keys([groups[0], other])
+    assert list(found) == ["params.source_query"]
+    assert found["params.source_query"][1] == "tags.stage = 'finetune' and params.seed = '<seed>'"

@@ -64,17 +64,38 @@ def recipes(runs: Sequence[Run]) -> list[list[Run]]:
     return sorted(groups.values(), key=len, reverse=True)
 
 
+def _masked(run: Run, key: str, value: str) -> str:
+    """``value`` with the run's seed replaced by ``<seed>`` where it stands as a number of its own."""
+    seed = run.data.params.get("seed")
+    return re.sub(rf"(?<![\w.]){re.escape(seed)}(?![\w.])", "<seed>", value) if seed else value
+
+
 def differing_keys(groups: Sequence[Sequence[Run]]) -> dict[str, list[str]]:
     """``params.<key>`` -> its distinct values, largest group first, for the keys that are constant within each
-    group but differ between groups (``unset`` where a run lacks the key): what sets the recipes apart."""
-    params = [[recipe_params(run) for run in group] for group in groups]
+    group but differ between groups (``unset`` where a run lacks the key): what sets the recipes apart.
+
+    A value is compared as it is, unless it only follows the seed (``data.subset_seed``, a ``source_query`` naming
+    ``params.seed = '1'``): such a key is left out when the seed explains all its differences, and compared with
+    the seed masked when that makes it constant within each group. Masking every value would turn an unrelated
+    ``1`` into ``<seed>`` in a run of seed 1.
+    """
+    keys = sorted({k for group in groups for run in group for k in run.data.params})
+    keys = [k for k in keys if k not in SEED_PARAMS and not _not_hashed(k)]
     found = {}
-    for key in sorted({k for group in params for p in group for k in p}):
-        per_group = [{p.get(key) for p in group} for group in params]
-        if all(len(values) == 1 for values in per_group):
-            values = [next(iter(values)) for values in per_group]
-            if len(set(values)) > 1:
-                found[f"params.{key}"] = list(dict.fromkeys("unset" if v is None else v for v in values))
+    for key in keys:
+        raw = [[run.data.params.get(key) for run in group] for group in groups]
+        masked = [
+            [None if v is None else _masked(run, key, v) for run, v in zip(group, values, strict=True)]
+            for group, values in zip(groups, raw, strict=True)
+        ]
+        if len({v for values in masked for v in values}) == 1:  # equal up to the seed: not what differs
+            continue
+        for per_group in (raw, masked):
+            if all(len(set(values)) == 1 for values in per_group):
+                distinct = [values[0] for values in per_group]
+                if len(set(distinct)) > 1:
+                    found[f"params.{key}"] = list(dict.fromkeys("unset" if v is None else v for v in distinct))
+                break
     return found
 
 
