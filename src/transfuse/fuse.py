@@ -63,6 +63,7 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
     from transfuse.fusion.members import find_members, load_member, load_source
     from transfuse.fusion.pool import Pool
     from transfuse.models.build import build_model
+    from transfuse.tracking.datasets import run_inputs
     from transfuse.tracking.store import open_store
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -79,20 +80,22 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
     splits = datamodule.splits
     images, labels = {s: splits[s].images for s in splits}, {s: splits[s].labels for s in splits}
     pool = Pool.predict(members, images, labels, source)
+    inputs = run_inputs(client, datamodule, cfg.tags, True, [r.info.run_id for r in runs])  # once, for every method
     results = {
-        name: run_or_reuse(one, lambda c, name=name: fuse_one(c, methods[name], pool, runs, datamodule))
+        name: run_or_reuse(one, lambda c, name=name: fuse_one(c, methods[name], pool, runs, datamodule, inputs))
         for name, one in configs.items()
     }
     return max(results.values(), key=lambda metrics: metrics.get(cfg.return_metric, -math.inf))
 
 
-def fuse_one(cfg: DictConfig, method: FusionMethod, pool: Pool, runs: list, datamodule: object) -> dict[str, float]:
+def fuse_one(
+    cfg: DictConfig, method: FusionMethod, pool: Pool, runs: list, datamodule: object, inputs: list
+) -> dict[str, float]:
     """One method's run: fuse the pool, score the result beside the members, log it (and its weights)."""
     from transfuse.fusion.evaluate import fused_metrics
     from transfuse.fusion.students import Students
     from transfuse.models.summary import summarise_predictions
     from transfuse.tracking import artifacts
-    from transfuse.tracking.datasets import run_inputs
     from transfuse.tracking.run import tracked_run
 
     class_names = datamodule.class_names
@@ -100,8 +103,7 @@ def fuse_one(cfg: DictConfig, method: FusionMethod, pool: Pool, runs: list, data
     with tracked_run(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.run_name, tags) as run:
         run.log_config(cfg)
         run.log_members(runs)
-        members = [r.info.run_id for r in runs]
-        run.log_datasets(run_inputs(run.client, datamodule, cfg.tags, True, members))
+        run.log_datasets(inputs)
         students = Students(cfg, datamodule, run)
         log.info("fusing %d members with %s", len(pool.members), type(method).__name__)
         fused = method.fuse(pool, students)

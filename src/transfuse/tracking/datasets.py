@@ -31,12 +31,15 @@ OWN_CONTEXTS = ("train", "eval", "target")
 DIGEST_LENGTH = 12
 
 
-def _update(hasher: Any, split: Any) -> None:
-    """Feed one split's content to ``hasher``: pixels in memory, or the streamed source and the sample indices."""
+def _update(hasher: Any, split: Any, fingerprints: dict[int, str]) -> None:
+    """Feed one split's content to ``hasher``: pixels in memory, or the streamed source and the sample indices
+    (``fingerprints`` keeps each source's, which stats every file, to one computation for all splits)."""
     if isinstance(split, ImageTensors):
         hasher.update(np.ascontiguousarray(split.images.cpu().numpy()).tobytes())
     elif isinstance(split, StreamedSplit):
-        hasher.update(split.source.fingerprint().encode())
+        if id(split.source) not in fingerprints:
+            fingerprints[id(split.source)] = split.source.fingerprint()
+        hasher.update(fingerprints[id(split.source)].encode())
         hasher.update(split.index.cpu().numpy().astype(np.int64).tobytes())
     else:
         raise TypeError(f"cannot digest a split of type {type(split).__name__}")
@@ -47,9 +50,10 @@ def content_digest(splits: Mapping[str, Any], class_names: list[str]) -> str:
     """Digest of the splits' images (or streamed sources and indices), labels and class names, in split order."""
     hasher = hashlib.blake2b(digest_size=16)
     hasher.update(json.dumps(class_names).encode())
+    fingerprints: dict[int, str] = {}
     for name in sorted(splits):
         hasher.update(name.encode())
-        _update(hasher, splits[name])
+        _update(hasher, splits[name], fingerprints)
     return hasher.hexdigest()[:DIGEST_LENGTH]
 
 
