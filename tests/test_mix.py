@@ -142,10 +142,16 @@ def test_evaluation_batches_carry_the_source_index():
 @pytest.mark.parametrize(
     ("sources", "options", "error", "message"),
     [
-        (["mnist5k", "nonesuch"], {}, ConfigError, "unknown data source 'nonesuch' in data.sources; choose from"),
+        (["mnist5k", "nonesuch"], {}, ConfigError, "unknown data preset 'nonesuch' in data.sources; choose from"),
         (SHAPES, {"test_source": "mnist5k"}, ConfigError, r"data.test_source=mnist5k is not among data.sources"),
         (SHAPES, {"labels": "both"}, ConfigError, "data.labels must be one of"),
         (SHAPES, {"sampling": [1.0]}, ConfigError, "data.sampling needs 2 weights"),
+        (
+            ["digits", {"name": "s", "preset": "synthetic", "style": {"nois": 0.1}}],
+            {},
+            ConfigError,
+            r"data.sources: s sets style.nois, which preset synthetic has not \(did you mean style.noise\?\)",
+        ),
     ],
 )
 def test_bad_mixes_are_refused_at_construction(sources, options, error, message):
@@ -192,7 +198,7 @@ def test_bad_inputs_fail_in_one_line_and_leave_no_run(tmp_path, tracking_uri):
             "data.sources=[synthetic,digits]",
             "data.labels=intersection",
         ],
-        "unknown data source 'mnist' in data.sources": ["data=mix", "data.sources=[mnist,digits]"],
+        "unknown data preset 'mnist' in data.sources": ["data=mix", "data.sources=[mnist,digits]"],
         "data.test_source=svhn is not among data.sources ['mnist5k', 'digits']": ["data=mix", "data.test_source=svhn"],
         f"data.photos={empty} holds no readable image": ["data=mnist_m", f"data.photos={empty}"],
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,18 @@ def run_label(tags: Mapping[str, Any], backbone: str, seed: object) -> str:
     return "-".join(str(part) for part in (stage, how, data, backbone, f"s{seed}") if part not in (None, ""))
 
 
+def data_tag(data: str, tasks: Sequence[Any] | None) -> str:
+    """``${data_tag:${hydra:runtime.choices.data},${tasks}}``: what a fusion ran on, its ``data`` choice or, for
+    a multi-task merge, its tasks' names joined by ``+`` (``digits+mnist_m+syn_digits``).
+
+    >>> data_tag("digits", []), data_tag("digits", ["digits", {"name": "few", "preset": "digits"}])
+    ('digits', 'digits+few')
+    """
+    if not tasks:
+        return data
+    return "+".join(str(t["name"]) if isinstance(t, Mapping) and "name" in t else str(t) for t in tasks)
+
+
 def if_cuda(on_gpu: object, on_cpu: object) -> object:
     """``${if_cuda:<value on GPUs>,<value on CPUs>}``: ``trainer=ddp`` runs as it is on a GPU node and on a laptop
     (SyncBatchNorm and mixed precision need GPUs; on CPUs two gloo processes stand in for the devices)."""
@@ -128,8 +140,9 @@ def if_cuda(on_gpu: object, on_cpu: object) -> object:
 
 
 def register_resolvers() -> None:
-    """Register ``${timm:<model>,<field>}``, ``${selection_tag:<monitor>}``, ``${len:<list>}``, ``${uid:}`` and
-    ``${same_study:<study_run>}``, ``${output_dir:}``, ``${if_cuda:<a>,<b>}``; safe to call more than once."""
+    """Register ``${timm:<model>,<field>}``, ``${selection_tag:<monitor>}``, ``${len:<list>}``, ``${uid:}``,
+    ``${same_study:<study_run>}``, ``${output_dir:}``, ``${if_cuda:<a>,<b>}``, ``${run_label:...}`` and
+    ``${data_tag:...}``; safe to call more than once."""
     if not OmegaConf.has_resolver("timm"):
         OmegaConf.register_new_resolver("timm", timm_default)
     if not OmegaConf.has_resolver("selection_tag"):
@@ -148,6 +161,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_label", run_label)
     if not OmegaConf.has_resolver("same_study"):
         OmegaConf.register_new_resolver("same_study", same_study)
+    if not OmegaConf.has_resolver("data_tag"):
+        OmegaConf.register_new_resolver("data_tag", data_tag)
 
 
 def compose_train_config(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -44,7 +44,9 @@ class SourceSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def source_specs(sources: Sequence[str | Mapping] | Mapping[str, Mapping | None]) -> list[SourceSpec]:
+def source_specs(
+    sources: Sequence[str | Mapping] | Mapping[str, Mapping | None], what: str = "data.sources"
+) -> list[SourceSpec]:
     """``data.sources`` as specs: a list of preset names or ``{name: ..., preset: ..., <overrides>}`` items, or a
     mapping ``{name: {<overrides>}}`` (``preset`` defaults to the name, so one preset may serve twice).
 
@@ -63,24 +65,43 @@ def source_specs(sources: Sequence[str | Mapping] | Mapping[str, Mapping | None]
             rest = {k: v for k, v in item.items() if k not in ("name", "preset")}
             specs.append(SourceSpec(str(item["name"]), str(item.get("preset", item["name"])), rest))
         else:
-            raise ConfigError(f"data.sources: each item is a preset name or {{name: ..., <overrides>}}, got {item!r}")
+            raise ConfigError(f"{what}: each item is a preset name or {{name: ..., <overrides>}}, got {item!r}")
     names = [s.name for s in specs]
     if len(specs) < 2:
-        raise ConfigError(f"data=mix needs at least two data.sources, got {names}")
+        raise ConfigError(f"{what} needs at least two presets, got {names}")
     if len(set(names)) != len(names):
-        raise ConfigError(f"data.sources names must differ, got {names} (give one a name: and a preset:)")
+        raise ConfigError(f"{what} names must differ, got {names} (give one a name: and a preset:)")
     return specs
 
 
-def preset_config(preset: str, folder: Path | None = None) -> DictConfig:
+def preset_config(preset: str, folder: Path | None = None, what: str = "data.sources") -> DictConfig:
     """``conf/data/<preset>.yaml`` with its defaults list applied (the base keys, the augmentation group), as
     Hydra composes it, but unresolved and without the running application (a mix builds its sources at
     instantiation, when Hydra's composition is over)."""
     folder = folder or preset_dir()
     choices = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_") and p.stem != "mix")
     if preset == "mix" or not (folder / f"{preset}.yaml").is_file():
-        raise ConfigError(f"unknown data source {preset!r} in data.sources; choose from {', '.join(choices)}")
+        raise ConfigError(f"unknown data preset {preset!r} in {what}; choose from {', '.join(choices)}")
     return _compose(folder, preset)
+
+
+def with_overrides(spec: SourceSpec, what: str = "data.sources") -> DictConfig:
+    """``spec``'s preset with its overrides merged in, refusing a key the preset does not have (a typo would
+    otherwise surface as a constructor's traceback, or not at all), with the closest key as a hint."""
+    import difflib
+
+    preset = preset_config(spec.preset, what=what)
+    stack: list[tuple[str, DictConfig, Mapping]] = [("", preset, spec.overrides)]
+    while stack:
+        prefix, node, given = stack.pop()
+        for key, value in given.items():
+            if key not in node:
+                close = difflib.get_close_matches(str(key), [str(k) for k in node], n=1)
+                hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+                raise ConfigError(f"{what}: {spec.name} sets {prefix}{key}, which preset {spec.preset} has not{hint}")
+            if isinstance(value, Mapping) and isinstance(node[key], DictConfig):
+                stack.append((f"{prefix}{key}.", node[key], value))
+    return OmegaConf.merge(preset, spec.overrides)
 
 
 def _compose(folder: Path, name: str) -> DictConfig:
@@ -175,8 +196,8 @@ class MixedDomains(InMemoryImageDataModule):
         self.training_sources = training
         self.data_dir, self.backbone_name = data_dir, backbone_name
         self.source_modules: dict[str, InMemoryImageDataModule] = {}
-        for spec in self.specs:  # unknown presets fail here, before any run opens
-            preset_config(spec.preset)
+        for spec in self.specs:  # unknown presets and keys fail here, before any run opens
+            with_overrides(spec)
 
     @property
     def domain_names(self) -> list[str]:
@@ -203,7 +224,7 @@ class MixedDomains(InMemoryImageDataModule):
             "std": self.transform.std.flatten().tolist(),
             "subset_seed": self.subset_seed,
         }
-        node = OmegaConf.merge(preset_config(spec.preset), spec.overrides, shared)
+        node = OmegaConf.merge(with_overrides(spec), shared)
         context = OmegaConf.create(
             {
                 "data": node,

@@ -9,6 +9,7 @@ import torch
 
 from transfuse.fusion.methods import Fused
 from transfuse.fusion.pool import Pool
+from transfuse.fusion.tasks import TaskPool
 from transfuse.models.classifier import classification_metrics
 from transfuse.models.summary import model_cost
 
@@ -42,4 +43,35 @@ def fused_metrics(
     metrics["cost/members_used"] = float(len(fused.used))
     if latency_batches:  # the name fusion runs logged the largest batch's latency under before cost/latency_ms_b<n>
         metrics["cost/latency_ms_per_image"] = metrics[f"cost/latency_ms_b{max(latency_batches)}"]
+    return metrics | fused.weights
+
+
+def task_metrics(
+    fused: Fused, pool: TaskPool, latency_batches: Sequence[int] = (1, 256), repeats: int = 3
+) -> dict[str, float]:
+    """A multi-task merge scored as FusionBench tables it: each task's metrics with its own head
+    (``test/<task>/acc``...), their mean over tasks (``test/acc``, not pooled over images, so every task
+    weighs the same), each member on its own task (``member/<i>/test/acc``, the individual fine-tunes), the
+    merged accuracy relative to them (``test/normalized_acc``, the mean of merged / individual per task), and the
+    cost: the backbone and every head, timed on task 0's test images."""
+    metrics: dict[str, float] = {}
+    for split in SPLITS:
+        for task in pool.tasks:
+            logits, classes = fused.logits[f"{task.name}/{split}"], len(task.class_names)
+            metrics |= split_metrics(logits, task.labels[split], classes, f"{split}/{task.name}/")
+        for key in ("acc", "f1", "ece"):
+            values = [metrics[f"{split}/{t.name}/{key}"] for t in pool.tasks if f"{split}/{t.name}/{key}" in metrics]
+            if values:
+                metrics[f"{split}/{key}"] = statistics.fmean(values)
+        for i, task in enumerate(pool.tasks):
+            metrics[f"member/{i}/{split}/acc"] = task.accuracy(task.logits[split], split)
+        ratios = [
+            metrics[f"{split}/{t.name}/acc"] / max(metrics[f"member/{i}/{split}/acc"], 1e-12)
+            for i, t in enumerate(pool.tasks)
+        ]
+        metrics[f"{split}/normalized_acc"] = statistics.fmean(ratios)
+    metrics["members/mean/test/acc"] = statistics.fmean(metrics[f"member/{i}/test/acc"] for i in range(len(pool.tasks)))
+    test_images = pool.tasks[0].images["test"]
+    metrics |= model_cost(fused.modules, fused.predict, test_images, latency_batches, repeats)
+    metrics["cost/members_used"] = float(len(fused.used))
     return metrics | fused.weights

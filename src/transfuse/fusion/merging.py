@@ -106,14 +106,15 @@ def fisher_merge(
 ) -> dict[str, Tensor]:
     """Fisher merging (Matena & Raffel 2022): each entry the members' values weighted by their diagonal Fisher
     information, ``sum_i F_i theta_i / sum_i F_i``. ``floor`` is added to every Fisher, so entries no member's
-    predictions depend on fall back to the plain mean; tensors without a Fisher (buffers) are averaged.
+    predictions depend on fall back to the plain mean; tensors without a Fisher (buffers) are averaged, and a
+    Fisher of a tensor the states lack (a multi-task merge leaves each task's head out) is not used.
 
     >>> fisher_merge([{"w": torch.tensor([0.0])}, {"w": torch.tensor([4.0])}],
     ...              [{"w": torch.tensor([3.0])}, {"w": torch.tensor([1.0])}])["w"]
     tensor([1.])
     """
     merged = average_state_dicts(states)
-    for key in fishers[0]:
+    for key in (k for k in fishers[0] if k in merged):  # a Fisher of what is not merged (a task's head) is unused
         weights = torch.stack([f[key].float() + floor for f in fishers])
         values = torch.stack([s[key].float() for s in states])
         merged[key] = ((weights * values).sum(dim=0) / weights.sum(dim=0)).to(states[0][key].dtype)

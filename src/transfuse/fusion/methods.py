@@ -9,7 +9,6 @@ modules (what it holds, for its cost), any fusion weights, and for soups and stu
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -35,6 +34,8 @@ class Fused:
     used: list[int]
     weights: dict[str, float] = field(default_factory=dict)
     state_dict: dict[str, Tensor] | None = None
+    #: a multi-task merge's network of each task (the merged backbone with that task's head), by task name
+    task_states: dict[str, dict[str, Tensor]] | None = None
 
 
 class FusionMethod:
@@ -47,6 +48,8 @@ class FusionMethod:
     trains_student: ClassVar[bool] = False
     #: the entry point loads the members' shared source weights into ``pool.source`` (task vectors need them)
     needs_source: ClassVar[bool] = False
+    #: whether the method can merge members of different tasks (``tasks=``: one backbone, each task's own head)
+    multi_task: ClassVar[bool] = False
 
     def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         raise NotImplementedError
@@ -66,6 +69,19 @@ class BestMember(FusionMethod):
         weights = {f"weight/{i}": float(i == best) for i in range(len(pool.members))}
         logits = {split: member_logits[best] for split, member_logits in pool.logits.items()}
         return Fused(logits, member.predict, _nets(pool.members, [best]), [best], weights)
+
+
+class Individual(FusionMethod):
+    """No fusion, one model per task: every task scored with its own member (multi-task merging's reference row,
+    at the cost of all the members together)."""
+
+    multi_task: ClassVar[bool] = True
+
+    def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
+        individual = getattr(pool, "individual", None)
+        if individual is None:
+            raise FusionError("fusion_method=individual scores each task's own member: give the tasks with tasks=")
+        return individual()
 
 
 class DecisionRule(FusionMethod):
@@ -133,12 +149,10 @@ class Stacking(FusionMethod):
         )
 
 
-def _batches(images: Tensor, size: int = 256) -> list[Tensor]:
-    return [images[i : i + size] for i in range(0, len(images), size)]
-
-
 class _Soup(FusionMethod):
-    """A method whose result is one network of the members' architecture, made from their weights.
+    """A method whose result is one network of the members' architecture, made from their weights (one backbone
+    with every task's own head, for a multi-task pool): it works through the pool's ``soup``, ``score`` and
+    ``fused``, so the same merge serves one dataset and several tasks.
 
     Args:
         require_shared_init: refuse members that were not fine-tuned from one source (see
@@ -147,22 +161,17 @@ class _Soup(FusionMethod):
             training images (:func:`~transfuse.fusion.merging.reset_bn`); a no-op for networks without BatchNorm.
     """
 
+    multi_task: ClassVar[bool] = True
+
     def __init__(self, require_shared_init: bool = True, reset_bn: bool = True) -> None:
         self.require_shared_init, self.reset_bn = require_shared_init, reset_bn
 
-    def _model(self, pool: Pool, state: dict[str, Tensor], averaged: bool = True) -> Member:
-        """A network of member 0's architecture holding ``state`` (statistics re-estimated when ``averaged``)."""
-        member = copy.copy(pool.members[0])
-        member.net = copy.deepcopy(member.net)
-        member.net.load_state_dict(state)
-        if averaged and self.reset_bn:
-            merging.reset_bn(member.net, _batches(pool.images["train"]), lambda x: member.transform(x, train=False))
-        member.net.eval()
-        return member
+    def _check(self, pool: Pool, require_shared_init: bool) -> None:
+        check_soup_members(pool.members, require_shared_init, heads=pool.merges_heads)
 
-    def _fused(self, pool: Pool, soup: Member, used: list[int], weights: dict[str, float]) -> Fused:
-        logits = {split: soup.predict(pool.images[split]) for split in pool.logits}
-        return Fused(logits, soup.predict, [soup.net], used, weights, soup.net.state_dict())
+    def _model(self, pool: Pool, state: dict[str, Tensor], averaged: bool = True) -> Member:
+        """The pool's network holding ``state`` (statistics re-estimated when ``averaged`` and ``reset_bn``)."""
+        return pool.soup(state, reset_bn=averaged and self.reset_bn)
 
     def _uniform(self, pool: Pool, used: list[int]) -> dict[str, float]:
         return {f"weight/{i}": (1.0 / len(used) if i in used else 0.0) for i in range(len(pool.members))}
@@ -172,10 +181,10 @@ class UniformSoup(_Soup):
     """The element-wise mean of every member's weights."""
 
     def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
-        check_soup_members(pool.members, self.require_shared_init)
+        self._check(pool, self.require_shared_init)
         used = list(range(len(pool.members)))
-        state = average_state_dicts([m.net.state_dict() for m in pool.members])
-        return self._fused(pool, self._model(pool, state, averaged=len(used) > 1), used, self._uniform(pool, used))
+        state = average_state_dicts(pool.states())
+        return pool.fused(self._model(pool, state, averaged=len(used) > 1), used, self._uniform(pool, used))
 
 
 class GreedySoup(_Soup):
@@ -183,14 +192,14 @@ class GreedySoup(_Soup):
     soup scored with its BatchNorm statistics re-estimated when ``reset_bn``)."""
 
     def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
-        check_soup_members(pool.members, self.require_shared_init)
+        self._check(pool, self.require_shared_init)
 
         def evaluate(state: dict[str, Tensor]) -> float:
-            return pool.accuracy(self._model(pool, state).predict(pool.images["val"]), "val")
+            return pool.score(self._model(pool, state))
 
-        states = [m.net.state_dict() for m in pool.members]
+        states = pool.states()
         state, used, _ = greedy_soup(states, pool.member_accuracy("val"), evaluate)
-        return self._fused(pool, self._model(pool, state, averaged=len(used) > 1), used, self._uniform(pool, used))
+        return pool.fused(self._model(pool, state, averaged=len(used) > 1), used, self._uniform(pool, used))
 
 
 class _ScaledMerge(_Soup):
@@ -209,19 +218,19 @@ class _ScaledMerge(_Soup):
         raise NotImplementedError
 
     def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
-        check_soup_members(pool.members, require_shared_init=True)
+        self._check(pool, require_shared_init=True)
         if pool.source is None:
             raise FusionError(f"{type(self).__name__} needs the members' source weights: load the pool with them")
-        states = [m.net.state_dict() for m in pool.members]
+        states = pool.states()
         scores, best = {}, None
         for scale in self.scales:
             model = self._model(pool, self.merge(pool.source, states, scale))
-            scores[scale] = pool.accuracy(model.predict(pool.images["val"]), "val")
+            scores[scale] = pool.score(model)
             if best is None or scores[scale] > scores[best[0]]:
                 best = (scale, model)
         scale, model = best
         weights = {"merge/scale": scale} | {f"merge/val_acc_at_{s:g}": acc for s, acc in scores.items()}
-        return self._fused(pool, model, list(range(len(pool.members))), weights)
+        return pool.fused(model, list(range(len(pool.members))), weights)
 
 
 class TaskArithmetic(_ScaledMerge):
@@ -252,7 +261,8 @@ class Ties(_ScaledMerge):
 
 class FisherMerge(_Soup):
     """Fisher merging (Matena & Raffel 2022): each weight the members' values weighted by their diagonal Fisher,
-    estimated on the first ``images`` training images of the fusion data.
+    estimated on the first ``images`` training images of the fusion data (of each member's own task, for a
+    multi-task pool).
 
     Args:
         images: training images each member's Fisher is estimated on (one backward pass per image).
@@ -273,17 +283,14 @@ class FisherMerge(_Soup):
         self.images, self.labels, self.floor = images, labels, floor
 
     def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
-        check_soup_members(pool.members, require_shared_init=True)
-        raw, labels = pool.images["train"][: self.images], pool.labels["train"][: self.images]
+        self._check(pool, require_shared_init=True)
         fishers = []
-        for member in pool.members:
-            device = next(member.net.parameters()).device
-            inputs = [member.transform(batch.to(device), train=False) for batch in _batches(raw, 64)]
-            given = _batches(labels, 64) if self.labels == "true" else None
+        for i, member in enumerate(pool.members):
+            inputs, given = pool.fisher_inputs(i, self.images, self.labels == "true")
             fishers.append(merging.diagonal_fisher(member.net, inputs, given))
-        state = merging.fisher_merge([m.net.state_dict() for m in pool.members], fishers, self.floor)
+        state = merging.fisher_merge(pool.states(), fishers, self.floor)
         used = list(range(len(pool.members)))  # each weight has its own weighting: no one weight per member
-        return self._fused(pool, self._model(pool, state, averaged=len(used) > 1), used, {})
+        return pool.fused(self._model(pool, state, averaged=len(used) > 1), used, {})
 
 
 class FeatureConcat(FusionMethod):

@@ -28,12 +28,17 @@ def average_state_dicts(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor
     return soup
 
 
-def check_soup_members(members: Sequence[Member], require_shared_init: bool = True) -> None:
-    """Refuse members whose weights cannot be averaged with the first one's, saying which and why."""
+def check_soup_members(members: Sequence[Member], require_shared_init: bool = True, heads: bool = True) -> None:
+    """Refuse members whose weights cannot be averaged with the first one's, saying which and why; with
+    ``heads=False`` (multi-task merging, each task keeps its head) only the backbones are compared."""
     first = members[0]
-    reference = first.net.state_dict()
+
+    def weights(member: Member) -> dict[str, Tensor]:
+        return {k: v for k, v in member.net.state_dict().items() if heads or k.startswith("backbone.")}
+
+    reference = weights(first)
     for i, member in enumerate(members[1:], start=1):
-        state = member.net.state_dict()
+        state = weights(member)
         why = None
         if set(state) != set(reference):
             extra, lacking = sorted(set(state) - set(reference)), sorted(set(reference) - set(state))
