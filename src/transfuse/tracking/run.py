@@ -42,6 +42,16 @@ RUN_PAGE = "#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_lea
 LOCAL_UI = "http://127.0.0.1:5000"
 
 
+def tag_value(value: object) -> str:
+    """A tag as its config spells it: booleans ``true``/``false`` (as in YAML and on the command line, so that
+    ``tags.finetuned = 'true'`` finds what ``stage.fit=true`` set), anything else ``str``.
+
+    >>> tag_value(True), tag_value(0.5), tag_value("a")
+    ('true', '0.5', 'a')
+    """
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> ``{"a.b.c": "value"}`` with values cut to MLflow's parameter length.
 
@@ -268,7 +278,7 @@ def tracked_run(
         "mlflow.source.type": "LOCAL",
         **environment_tags(),
         **hydra_tags(),
-        **{k: str(v) for k, v in (tags or {}).items() if v is not None},  # unset (e.g. study_run): no tag
+        **{k: tag_value(v) for k, v in (tags or {}).items() if v is not None},  # unset (e.g. study_run): no tag
     }
     if resume_run_id is None:
         created = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info
