@@ -68,6 +68,39 @@ def measure_cost(model: ImageClassifier, inputs: object, device: object, cost: D
     return model_cost([model.backbone, model.head], predict, inputs.to(device), cost.latency_batches, cost.repeats)
 
 
+def test_phase(
+    cfg: DictConfig, trainer: L.Trainer, model: ImageClassifier, datamodule: object, run: object, pruned: bool
+) -> tuple[dict[str, float], dict[str, float]]:
+    """After the fit: test the best (and with ``test_last``, the last) weights, log plots and the served model, save
+    a pruned model that was not fitted, and measure the tested network's cost. Returns ``(time/* and cost/*
+    metrics, test_last/* metrics)``."""
+    from transfuse.models import export
+    from transfuse.tracking import artifacts
+
+    seconds: dict[str, float] = {}
+    last: dict[str, float] = {}
+    if cfg.stage.test:
+        best = trainer.checkpoint_callback is not None and bool(trainer.checkpoint_callback.best_model_path)
+        if cfg.stage.fit and best and cfg.test_last:
+            last = test_last_epoch(trainer, model, datamodule)
+        start = time.perf_counter()
+        ckpt_path = "best" if cfg.stage.fit and best else None
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)  # our table at the end
+        seconds["time/test_s"] = time.perf_counter() - start
+        if cfg.logger.plots:
+            artifacts.log_plots(run, model.test_summary, model.class_names, trainer.logger)
+        if cfg.logger.get("log_model"):  # the tested (best) weights, served: pixels in, logits out
+            example = export.example_images(datamodule, cfg.data.mean, cfg.data.std)
+            artifacts.log_model(run, export.served(model, cfg.data.mean, cfg.data.std, model.class_names), example)
+    if pruned and not cfg.stage.fit:  # no fit, no Lightning checkpoint: save the pruned one
+        best_path = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
+        trainer.save_checkpoint(best_path, weights_only=True)  # after test: the model is attached
+        run.client.log_artifact(run.run_id, str(best_path), "checkpoints")
+    if cfg.stage.test and is_rank_zero() and cfg.cost.latency_batches is not None:
+        seconds |= measure_cost(model, model_inputs(model, datamodule), trainer.strategy.root_device, cfg.cost)
+    return seconds, last
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one stage and return its final metrics (``val/*``, ``test/*``, ``val/acc_best``...).
 
@@ -85,7 +118,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from transfuse.data.base import data_tags
     from transfuse.ddp import cluster_plugins
-    from transfuse.models import export
     from transfuse.models.build import build_model
     from transfuse.tracking import artifacts
     from transfuse.tracking.cadence import StepLogInterval
@@ -145,7 +177,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.skip_stored()
         trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=cluster_plugins())
         seconds: dict[str, float] = {}
-        last: dict[str, float] = {}
         if cfg.stage.fit:
             start = time.perf_counter()
             state = shared_checkpoint(restore_files(run, checkpoints) if resumed is not None else None)
@@ -157,25 +188,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             seconds["time/fit_s"] = time.perf_counter() - start
             saver.discard()
             artifacts.log_checkpoints(run, trainer, checkpoints / "last.ckpt", cfg.last_checkpoint)
-        if cfg.stage.test:
-            best = trainer.checkpoint_callback is not None and bool(trainer.checkpoint_callback.best_model_path)
-            if cfg.stage.fit and best and cfg.test_last:
-                last = test_last_epoch(trainer, model, datamodule)
-            start = time.perf_counter()
-            ckpt_path = "best" if cfg.stage.fit and best else None
-            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)  # our table at the end
-            seconds["time/test_s"] = time.perf_counter() - start
-            if cfg.logger.plots:
-                artifacts.log_plots(run, model.test_summary, model.class_names, trainer.logger)
-            if cfg.logger.get("log_model"):  # the tested (best) weights, served: pixels in, logits out
-                example = export.example_images(datamodule, cfg.data.mean, cfg.data.std)
-                artifacts.log_model(run, export.served(model, cfg.data.mean, cfg.data.std, model.class_names), example)
-        if compressor is not None and not cfg.stage.fit:  # no fit, no Lightning checkpoint: save the pruned one
-            trainer.save_checkpoint(checkpoints / "best.ckpt", weights_only=True)  # after test: the model is attached
-            run.client.log_artifact(run.run_id, str(checkpoints / "best.ckpt"), "checkpoints")
-        if cfg.stage.test and is_rank_zero() and cfg.cost.latency_batches is not None:
-            inputs = model_inputs(model, datamodule)
-            seconds |= measure_cost(model, inputs, trainer.strategy.root_device, cfg.cost)
+        tested, last = test_phase(cfg, trainer, model, datamodule, run, compressor is not None)
+        seconds |= tested
         run.log_metrics(seconds)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | run.logged_scores | last
         if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:
