@@ -21,7 +21,7 @@ from transfuse.errors import ConfigError, FusionError
 from transfuse.fuse import fuse
 from transfuse.fusion.evaluate import task_metrics
 from transfuse.fusion.members import Classifier, Member
-from transfuse.fusion.methods import FisherMerge, Individual, TaskArithmetic, UniformSoup
+from transfuse.fusion.methods import FisherMerge, GreedySoup, Individual, TaskArithmetic, UniformSoup
 from transfuse.fusion.soups import average_state_dicts
 from transfuse.fusion.tasks import TaskPool, match_members
 from transfuse.train import train
@@ -126,6 +126,27 @@ def test_task_arithmetic_merges_backbones_from_the_source_and_reset_bn_uses_ever
         hidden = net.backbone[1](net.backbone[0](x))
     torch.testing.assert_close(state["backbone.2.running_mean"], hidden.mean(0))
     assert torch.equal(fused.task_states["b"]["backbone.2.running_mean"], state["backbone.2.running_mean"])
+
+
+def test_a_greedy_soup_of_tasks_starts_from_the_member_best_on_all_tasks_and_never_scores_below_it():
+    pool = TaskPool.predict(["a", "b", "c"], [_member(_net(s, 3)) for s in (1, 2, 3)], [_Data(s, 3) for s in (4, 5, 6)])
+    singles = pool.member_accuracy("val")
+    for i, member in enumerate(pool.members):  # member i's backbone with every task's head, as a score sees it
+        hand = [
+            t.accuracy(
+                Classifier(member.net.backbone, t.member.net.head).eval()(
+                    member.transform(t.images["val"], train=False)
+                ),
+                "val",
+            )
+            for t in pool.tasks
+        ]
+        assert singles[i] == pytest.approx(sum(hand) / 3)
+    fused = GreedySoup(reset_bn=False).fuse(pool)
+    used = [i for i in range(3) if fused.weights[f"weight/{i}"] > 0]
+    assert max(range(3), key=lambda i: singles[i]) in used
+    chosen = pool.soup(average_state_dicts([pool.states()[i] for i in used]), reset_bn=False)
+    assert pool.score(chosen) >= max(singles)
 
 
 def test_fisher_uses_each_member_own_task_images():
