@@ -196,7 +196,10 @@ def fuse_one(
     return metrics
 
 
-SUMMARY = "Fuse trained runs (ensembles, soups, feature heads, distillation) on a dataset, tracked in MLflow."
+SUMMARY = (
+    "Fuse trained runs (ensembles, soups, feature heads, distillation) on a dataset, or merge one member per task"
+    " (tasks=[...]) into one backbone, tracked in MLflow."
+)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="fuse")
