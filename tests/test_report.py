@@ -147,6 +147,23 @@ def test_several_metrics_are_columns_with_their_own_best(store, tracking_uri, tm
     assert lines[4] == "| single | 0.6000 | **5.0000** | 1 |"
 
 
+def test_rows_missing_the_first_metric_appear_once_in_order_with_their_own_n(store, tracking_uri, tmp_path):
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("study").experiment_id
+    for run in client.search_runs([experiment], "attributes.status = 'FINISHED'"):
+        if run.data.tags["method"] == "full":  # only one method has the first metric
+            client.log_metric(run.info.run_id, "merge/scale", 0.5)
+    out = tmp_path / "partial.md"
+    select = ["--experiment", "study", "--tracking-uri", tracking_uri, "--order", "single,full,scratch"]
+    main([*select, "--metric", "merge/scale,test/acc", "--markdown", str(out)])
+    lines = out.read_text().splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| single", "| full", "| scratch"]
+    assert lines[2] == "| single | n/a | 0.6000 | 1 |"
+    assert lines[3] == "| full | **0.5000 ± 0.0000** | **0.8500 ± 0.0707** | 2 |"
+    assert lines[4] == "| scratch | n/a | 0.7000 ± 0.2000 | 3 |"
+    assert not lines[5].startswith("| ")  # three methods, three rows
+
+
 def test_large_values_print_as_grouped_integers():
     from transfuse.report.render import _number
 

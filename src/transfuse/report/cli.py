@@ -185,7 +185,7 @@ def make_report(args: argparse.Namespace) -> None:
     for metric, groups in tables.items():
         if not groups:
             raise ReportError(missing_metric(runs, metric, sweeps))
-    table = build_table(tables, rows, columns, lower, args.error, args.checkpoint)
+    table = build_table(tables, rows, columns, lower, args.error, args.checkpoint, order)
     if args.strict and (refusal := strict_error(table.problems)):
         raise ReportError(refusal)
     if args.curve:

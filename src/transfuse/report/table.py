@@ -82,12 +82,14 @@ def summarise(runs: Sequence[Run], rows: Sequence[str], metric: str, order: Sequ
             group = groups.setdefault(key, Group(key, []))
             group.values.append(value)
             group.runs.append(run)
+    return sorted(groups.values(), key=lambda group: row_position(group.key, order))
+
+
+def row_position(key: tuple[str, ...], order: Sequence[str] = ()) -> tuple:
+    """Where a row goes: the first key's value by ``order`` (unlisted values after), then every value in natural
+    order (``2`` before ``10``)."""
     rank = {name: i for i, name in enumerate(order)}
-
-    def position(group: Group) -> tuple:
-        return (rank.get(group.key[0], len(rank)), *(_natural(v) for v in group.key))
-
-    return sorted(groups.values(), key=position)
+    return (rank.get(key[0], len(rank)), *(_natural(v) for v in key))
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,8 @@ class Cell:
 
 @dataclass(frozen=True)
 class Row:
-    """The values of the row keys and one cell per value column; ``n`` is the runs of the first metric (of every
-    cell, pivoted), shown in the ``n`` column of a table that is not pivoted."""
+    """The values of the row keys and one cell per value column; ``n`` is the runs of the first metric the row has
+    (of every cell, pivoted), shown in the ``n`` column of a table that is not pivoted."""
 
     key: tuple[str, ...]
     cells: tuple[Cell, ...]
@@ -174,6 +176,7 @@ def build_table(
     lower: Sequence[str] = (),
     error: str = "std",
     checkpoint: str = "best",
+    order: Sequence[str] = (),
 ) -> Table:
     """Lay out the groups of each metric (as from :func:`summarise` over ``rows + columns``) as one table.
 
@@ -181,7 +184,8 @@ def build_table(
     ``columns`` is pivoted: one row per value of the row keys and one column per value of the column keys
     (``rows=method, columns=pair`` gives one row per method and one column per pair). The best mean of each
     column is flagged, the smallest for metrics in ``lower``, unless its rows were tested on different data. Cells
-    whose runs differ in more than the seed are marked; both problems are spelled out below the caption.
+    whose runs differ in more than the seed are marked; both problems are spelled out below the caption. Rows
+    follow ``order`` as :func:`summarise` sorts them, each once however many metrics it has.
 
     Raises:
         ReportError: several metrics with ``columns``, or no row key.
@@ -219,8 +223,8 @@ def build_table(
         what = f"{metric} (mean ± {error})"
     else:
         by_key = {name: {g.key: g for g in groups} for name, groups in tables.items()}
-        keys = [g.key for g in tables[names[0]]]
-        keys += [k for name in names[1:] for k in by_key[name] if k not in keys]
+        # every row any metric has, once, in the order summarise gives each metric's rows
+        keys = sorted({k for n in names for k in by_key[n]}, key=lambda k: row_position(k, order))
         mixed = {}
         for n in names:
             mixed |= _mixed_recipes({" / ".join(g.key): g for g in tables[n]})
@@ -230,7 +234,8 @@ def build_table(
         body, marked = [], set(mixed)
         for key in keys:
             line = tuple(_flagged(n, by_key[n].get(key), best[n], marked) for n in names)
-            body.append(Row(key, line, line[0].group.n if line[0].group else 0))
+            counted = next((c.group.n for c in line if c.group), 0)  # the first metric the row has
+            body.append(Row(key, line, counted))
         what = f"{names[0]} (mean ± {error})" if len(names) == 1 else f"mean ± {error}"
     counts = sorted({c.group.n for row in body for c in row.cells if c.group})
     n = "0" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
