@@ -88,7 +88,11 @@ def test_help_lists_only_the_groups_each_entry_point_takes(tmp_path):
     assert "fusion_method" not in train_groups and "digits_soups/fuse" not in train_groups["experiment"]
     assert {"fusion_method", "data", "backbone", "experiment"} <= set(fuse_groups)
     assert not {"stage", "adapt", "multi_input", "hparams_search"} & set(fuse_groups)
-    assert fuse_groups["experiment"] == ["digits_soups/fuse", "wortsman2022_soups/full_scale_fuse"]
+    assert fuse_groups["experiment"] == [
+        "digits_soups/fuse",
+        "multitask_merging/merge",
+        "wortsman2022_soups/full_scale_fuse",
+    ]
     assert "_base" not in train_groups["data"] and "mnist5k" in train_groups["data"]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from transfuse.fusion.methods import Fused
+from transfuse.fusion.fused import Fused
 from transfuse.fusion.pool import Pool
 from transfuse.fusion.tasks import TaskPool
 from transfuse.models.classifier import classification_metrics

@@ -10,7 +10,6 @@ modules (what it holds, for its cost), any fusion weights, and for soups and stu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -18,24 +17,11 @@ from torch import Tensor, nn
 
 from transfuse.errors import ConfigError, FusionError
 from transfuse.fusion import combine, merging
+from transfuse.fusion.fused import Fused
 from transfuse.fusion.members import Member
 from transfuse.fusion.pool import Pool
 from transfuse.fusion.soups import average_state_dicts, check_soup_members, greedy_soup
 from transfuse.fusion.students import Students
-
-
-@dataclass
-class Fused:
-    """A fused model: its scores per split, its inference path and the networks it runs (its cost)."""
-
-    logits: dict[str, Tensor]
-    predict: Callable[[Tensor], Tensor]
-    modules: list[nn.Module]
-    used: list[int]
-    weights: dict[str, float] = field(default_factory=dict)
-    state_dict: dict[str, Tensor] | None = None
-    #: a multi-task merge's network of each task (the merged backbone with that task's head), by task name
-    task_states: dict[str, dict[str, Tensor]] | None = None
 
 
 class FusionMethod:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from transfuse.fusion.fused import Fused
 from transfuse.fusion.members import Member
 
 
@@ -64,10 +65,8 @@ class Pool:
         """The accuracy of a model made by :meth:`soup` on ``split``."""
         return self.accuracy(model.predict(self.images[split]), split)
 
-    def fused(self, model: Member, used: list[int], weights: dict[str, float]):  # -> methods.Fused
+    def fused(self, model: Member, used: list[int], weights: dict[str, float]) -> Fused:
         """A model made by :meth:`soup` as the result of a fusion, with its logits on the held-out splits."""
-        from transfuse.fusion.methods import Fused
-
         logits = {split: model.predict(self.images[split]) for split in self.logits}
         return Fused(logits, model.predict, [model.net], used, weights, model.net.state_dict())
 

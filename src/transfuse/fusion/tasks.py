@@ -18,6 +18,7 @@ from mlflow.entities import Run
 from torch import Tensor, nn
 
 from transfuse.errors import FusionError
+from transfuse.fusion.fused import Fused
 from transfuse.fusion.members import Classifier, Member
 from transfuse.fusion.pool import batches
 
@@ -104,11 +105,9 @@ class TaskPool:
         """Each member's backbone used for every task (with its own BatchNorm statistics), as :meth:`score`."""
         return [self.score(self.soup(m.net.state_dict(), reset_bn=False), split) for m in self.members]
 
-    def fused(self, model: TaskModel, used: list[int], weights: dict[str, float]):  # -> methods.Fused
+    def fused(self, model: TaskModel, used: list[int], weights: dict[str, float]) -> Fused:
         """The merged model as a fusion's result: logits keyed ``<task>/<split>``, task 0's prediction path to
         time, the backbone and every head as its cost, and each task's network to save."""
-        from transfuse.fusion.methods import Fused
-
         logits = {}
         for split in self.splits:
             for task, task_logits in zip(self.tasks, self.task_logits(model, split), strict=True):
@@ -117,10 +116,8 @@ class TaskPool:
         states = {t.name: m.net.state_dict() for t, m in zip(self.tasks, model.members, strict=True)}
         return Fused(logits, model.members[0].predict, modules, used, weights, task_states=states)
 
-    def individual(self):  # -> methods.Fused
+    def individual(self) -> Fused:
         """No merging: every task with its own member (the upper reference); its cost is every member's."""
-        from transfuse.fusion.methods import Fused
-
         logits = {f"{t.name}/{split}": t.logits[split] for split in self.splits for t in self.tasks}
         used = list(range(len(self.tasks)))
         return Fused(logits, self.tasks[0].member.predict, [m.net for m in self.members], used)
