@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import FAST, last_line, run_cli
@@ -66,6 +67,7 @@ def test_unknown_backbone_is_one_line_on_train_and_creates_no_run(tmp_path):
     )
 
 
+@pytest.mark.slow  # a fuse subprocess: about 10 s; the train command's one-line error stays in the quick suite
 def test_unknown_student_backbone_is_one_line_on_fuse(tmp_path):
     args = ["data=synthetic", "fusion_method=distill", "backbone.name=resnet_does_not_exist", "pool.runs=[abc123]"]
     result = run_cli("transfuse.fuse", args, tmp_path)
@@ -124,6 +126,7 @@ def test_an_unknown_option_is_one_line_listing_the_options(tmp_path):
     assert "lp_ft" in line and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a four-job multirun in a subprocess: about 20 s
 def test_a_failing_multirun_prints_one_line_per_failed_job_runs_them_all_and_exits_1(tmp_path, _empty_store):
     shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
     query = "init.weights=\"tags.stage = 'pretrain' and tags.data = 'nothing'\""

@@ -203,6 +203,7 @@ def test_bad_pools_fail_clearly(zoo):
     assert set(run.data.tags["members"].split(",")) == {m.info.run_id for m in members}
 
 
+@pytest.mark.slow  # a subprocess: about 10 s; test_bad_pools_fail_clearly checks the message in-process
 def test_cli_prints_one_line_for_a_wrong_run_id(tmp_path):
     result = run_cli("transfuse.fuse", [*DATA, "pool.runs=[abc123]"], tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr

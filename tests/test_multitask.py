@@ -268,6 +268,7 @@ def test_a_task_built_otherwise_than_its_member_and_one_dataset_methods_are_refu
         assert all(r.info.status == "FINISHED" for r in runs)
 
 
+@pytest.mark.slow  # a subprocess that imports everything: about 10 s; the in-process test checks the message
 def test_cli_says_in_one_line_when_a_task_has_no_member(task_zoo, tmp_path):
     _, uri, _, _ = task_zoo
     args = [

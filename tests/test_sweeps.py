@@ -90,6 +90,7 @@ with tracked_run(sys.argv[1], "parallel", f"job-{sys.argv[2]}") as run:
 """
 
 
+@pytest.mark.slow  # four jobs racing on one new SQLite file: about 20 s
 def test_parallel_jobs_into_a_new_sqlite_store_all_finish(tmp_path):
     uri = f"sqlite:///{tmp_path}/fresh.db"  # not created yet: the jobs race to create schema and experiment
     jobs = [
