@@ -149,6 +149,15 @@ def test_a_greedy_soup_of_tasks_starts_from_the_member_best_on_all_tasks_and_nev
     assert pool.score(chosen) >= max(singles)
 
 
+def test_backbones_must_share_an_architecture_but_heads_need_not():
+    UniformSoup().check(_pool())  # heads of 3 and 5 classes: each task keeps its own
+    wide = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6)), nn.Linear(6, 3))
+    pool = TaskPool.predict(["a", "b"], [_member(_net(1)), _member(wide)], [_Data(10, 3), _Data(11, 3)])
+    for method in (UniformSoup(), TaskArithmetic(), FisherMerge()):
+        with pytest.raises(FusionError, match=r"member 1 .* cannot join .* different architecture"):
+            method.check(pool)
+
+
 def test_fisher_uses_each_member_own_task_images():
     pool = _pool()
     inputs, labels = pool.fisher_inputs(1, 7, true_labels=True)

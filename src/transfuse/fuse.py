@@ -89,6 +89,8 @@ def fuse(cfg: DictConfig) -> dict[str, float]:
             build_model(cfg, datamodule.class_names, teacher=lambda raw: raw)
         pool, runs, inputs = single_pool(cfg, client, datamodule, needs_source)
         data = datamodule
+    for method in methods.values():  # members a method cannot fuse (another architecture...): no run opens
+        method.check(pool)
     results = {
         name: run_or_reuse(one, lambda c, name=name: fuse_one(c, methods[name], pool, runs, data, inputs))
         for name, one in configs.items()

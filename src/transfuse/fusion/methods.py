@@ -40,6 +40,9 @@ class FusionMethod:
     def fuse(self, pool: Pool, students: Students | None = None) -> Fused:
         raise NotImplementedError
 
+    def check(self, pool: Pool) -> None:
+        """Refuse a pool this method cannot fuse; called before any run opens, so a bad pool leaves no run."""
+
 
 def _nets(members: list[Member], used: list[int]) -> list[nn.Module]:
     return [members[i].net for i in used]
@@ -154,6 +157,9 @@ class _Soup(FusionMethod):
 
     def _check(self, pool: Pool, require_shared_init: bool) -> None:
         check_soup_members(pool.members, require_shared_init, heads=pool.merges_heads)
+
+    def check(self, pool: Pool) -> None:
+        self._check(pool, self.require_shared_init)
 
     def _model(self, pool: Pool, state: dict[str, Tensor], averaged: bool = True) -> Member:
         """The pool's network holding ``state`` (statistics re-estimated when ``averaged`` and ``reset_bn``)."""
