@@ -110,3 +110,19 @@ def test_ui_lines_name_the_store_from_any_folder_and_hide_passwords(tmp_path, mo
     ]
     command = ui_lines("postgresql://mlflow:secret@db:5432/mlflow", "3", "abc")[0]
     assert command == "mlflow ui --backend-store-uri 'postgresql://mlflow:***@db:5432/mlflow'"
+
+
+def test_fusion_table_of_a_multi_task_merge_shows_each_task_and_no_member_pick():
+    metrics = {"test/acc": 0.7, "val/acc": 0.65, "test/digits/acc": 0.8, "val/digits/acc": 0.75}
+    metrics |= {"test/mnist_m/acc": 0.6, "val/mnist_m/acc": 0.55, "test/digits/f1": 0.79, "test/normalized_acc": 0.8}
+    metrics |= {"member/0/test/acc": 0.99, "member/1/test/acc": 0.9, "members/mean/test/acc": 0.945}
+    rows = [line.split() for line in fusion_table("results:", metrics, ["d", "m"]).splitlines()[1:]]
+    assert rows == [
+        ["test/acc", "val/acc"],
+        ["fused", "0.7000", "0.6500"],
+        ["on", "digits", "0.8000", "0.7500"],
+        ["on", "mnist_m", "0.6000", "0.5500"],
+        ["member", "0", "d", "0.9900", "-"],
+        ["member", "1", "m", "0.9000", "-"],
+        ["member", "mean", "0.9450"],
+    ]

@@ -105,11 +105,17 @@ def result_table(title: str, metrics: Mapping[str, float]) -> str:
 
 def fusion_table(title: str, metrics: Mapping[str, float], members: Sequence[str]) -> str:
     """``title`` and the fused model's test and val accuracy beside each member's (``members``: their names, in
-    the order of ``member/<i>/...``), the member validation would pick, and the members' mean."""
+    the order of ``member/<i>/...``), the member validation would pick, and the members' mean; for a multi-task
+    merge, the fused model on each task (``test/<task>/acc``) and no member validation would pick."""
     rows = [["", "test/acc", "val/acc"], ["fused", number(metrics.get("test/acc")), number(metrics.get("val/acc"))]]
+    for key in metrics:
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "test" and parts[2] == "acc" and not parts[1].isdigit():
+            rows.append([f"  on {parts[1]}", number(metrics[key]), number(metrics.get(f"val/{parts[1]}/acc"))])
     for i, name in enumerate(members):
         test, val = metrics.get(f"member/{i}/test/acc"), metrics.get(f"member/{i}/val/acc")
         rows.append([f"member {i} {name}", number(test), number(val)])
-    rows.append(["best member by val", number(metrics.get("members/best_val/test/acc")), ""])
+    if "members/best_val/test/acc" in metrics:
+        rows.append(["best member by val", number(metrics["members/best_val/test/acc"]), ""])
     rows.append(["member mean", number(metrics.get("members/mean/test/acc")), ""])
     return f"{title}\n{format_rows(rows)}"
