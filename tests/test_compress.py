@@ -12,7 +12,7 @@ from torch import nn
 from tests.conftest import FAST
 from transfuse import weights
 from transfuse.compress import ChannelPruning, MagnitudePruning, magnitude_prune, prunable_weights, sparsity
-from transfuse.errors import ConfigError
+from transfuse.errors import ConfigError, WeightsError
 from transfuse.models.build import build_model
 from transfuse.models.summary import count_flops
 from transfuse.sweeps import input_error
@@ -128,6 +128,14 @@ def test_a_channel_pruned_resnet_is_smaller_runs_and_reloads_with_the_same_outpu
     fresh.eval()
     with torch.no_grad():
         torch.testing.assert_close(network(fresh)(x), pruned, rtol=0, atol=0)
+    # the same checkpoint without its architecture record: a clear refusal, for evaluation and for fine-tuning
+    del checkpoint["transfuse"]["architecture"]
+    torch.save(checkpoint, tmp_path / "unrecorded.ckpt")
+    for on_mismatch, where in (("error", "its classifier does not fit"), ("reinit", "does not fit the model")):
+        fresh = build_model(cfg, classes)
+        spec = weights.resolve(str(tmp_path / "unrecorded.ckpt"), None, fresh.backbone)
+        with pytest.raises(WeightsError, match=f"{where} .*channel-pruned and saved without its architecture"):
+            weights.load_into(fresh, spec, classes, on_mismatch)
 
 
 def test_a_channel_pruned_run_reloads_for_evaluation(make_config, source):

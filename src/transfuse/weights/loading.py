@@ -95,6 +95,12 @@ def head_policy(
     if not (shapes_differ or names_differ):
         return HeadPolicy(True, "init.fresh_head: the classifier is re-initialised although the classes match")
     was = checkpoint.class_names or "a different number of classes"
+    if on_head_mismatch == "error" and not names_differ and checkpoint.class_names is not None:
+        key = next(k for k in head_keys if k in own and own[k].shape != state[k].shape)
+        raise WeightsError(
+            f"checkpoint {checkpoint.source} has the data's classes, but its classifier does not fit the model "
+            f"({key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}){_pruned_hint(checkpoint)}"
+        )
     if on_head_mismatch == "error":
         raise WeightsError(
             f"checkpoint {checkpoint.source} was trained on classes {_short(was)}, but the data has "
@@ -107,6 +113,17 @@ def head_policy(
         why = "the classes match but the classifier's shape differs (another backbone or head?)"
     reason = f"{why}: the classifier is re-initialised"
     return HeadPolicy(True, reason, tuple(rows))
+
+
+def _pruned_hint(checkpoint: Checkpoint) -> str:
+    """What a shape mismatch may mean: another network, or, for a checkpoint without an architecture record, a
+    channel-pruned one whose record was lost (transfuse saves ``architecture: channel_pruned`` with it)."""
+    if checkpoint.architecture is None:
+        return (
+            "; was it trained with another backbone, input channels or head, or channel-pruned and saved without "
+            "its architecture record (transfuse writes transfuse.architecture=channel_pruned into the checkpoint)?"
+        )
+    return "; was it trained with another backbone, input channels or head?"
 
 
 def _short(names: object, most: int = 12) -> str:
@@ -207,8 +224,7 @@ def apply(model: nn.Module, checkpoint: Checkpoint, policy: HeadPolicy) -> LoadR
         count = "1 shape mismatch:" if len(mismatched) == 1 else f"{len(mismatched)} shape mismatches, first"
         raise WeightsError(
             f"checkpoint {checkpoint.source} does not fit the model ({count} {first}: checkpoint "
-            f"{tuple(state[first].shape)} vs model {tuple(own[first].shape)}); "
-            "was it trained with another backbone, input channels or head?"
+            f"{tuple(state[first].shape)} vs model {tuple(own[first].shape)}){_pruned_hint(checkpoint)}"
         )
     backbone_keys = [k for k in own if k.startswith("backbone.")]
     if backbone_keys and not any(k in state for k in backbone_keys):
