@@ -134,7 +134,7 @@ def test_a_channel_pruned_resnet_is_smaller_runs_and_reloads_with_the_same_outpu
     for on_mismatch, where in (("error", "its classifier does not fit"), ("reinit", "does not fit the model")):
         fresh = build_model(cfg, classes)
         spec = weights.resolve(str(tmp_path / "unrecorded.ckpt"), None, fresh.backbone)
-        with pytest.raises(WeightsError, match=f"{where} .*channel-pruned and saved without its architecture"):
+        with pytest.raises(WeightsError, match=f"{where} .*is it channel-pruned without its architecture record"):
             weights.load_into(fresh, spec, classes, on_mismatch)
 
 

@@ -99,7 +99,8 @@ def head_policy(
         key = next(k for k in head_keys if k in own and own[k].shape != state[k].shape)
         raise WeightsError(
             f"checkpoint {checkpoint.source} has the data's classes, but its classifier does not fit the model "
-            f"({key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}){_pruned_hint(checkpoint)}"
+            f"({key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)})"
+            + _pruned_hint(checkpoint, tuple(state[key].shape), tuple(own[key].shape), head=True)
         )
     if on_head_mismatch == "error":
         raise WeightsError(
@@ -115,14 +116,14 @@ def head_policy(
     return HeadPolicy(True, reason, tuple(rows))
 
 
-def _pruned_hint(checkpoint: Checkpoint) -> str:
-    """What a shape mismatch may mean: another network, or, for a checkpoint without an architecture record, a
-    channel-pruned one whose record was lost (transfuse saves ``architecture: channel_pruned`` with it)."""
-    if checkpoint.architecture is None:
-        return (
-            "; was it trained with another backbone, input channels or head, or channel-pruned and saved without "
-            "its architecture record (transfuse writes transfuse.architecture=channel_pruned into the checkpoint)?"
-        )
+def _pruned_hint(checkpoint: Checkpoint, saved: tuple[int, ...], own: tuple[int, ...], head: bool = False) -> str:
+    """What a shape mismatch may mean. Fewer output channels in a backbone layer, or fewer input features in the
+    classifier, of a checkpoint without an architecture record looks like channel pruning whose record was lost
+    (transfuse saves ``architecture: channel_pruned`` with a pruned model); anything else, another network."""
+    dim = 1 if head else 0
+    fewer = len(saved) > dim and len(own) == len(saved) and saved[dim] < own[dim] and saved[:dim] == own[:dim]
+    if checkpoint.architecture is None and fewer:
+        return "; is it channel-pruned without its architecture record (transfuse.architecture=channel_pruned)?"
     return "; was it trained with another backbone, input channels or head?"
 
 
@@ -224,7 +225,8 @@ def apply(model: nn.Module, checkpoint: Checkpoint, policy: HeadPolicy) -> LoadR
         count = "1 shape mismatch:" if len(mismatched) == 1 else f"{len(mismatched)} shape mismatches, first"
         raise WeightsError(
             f"checkpoint {checkpoint.source} does not fit the model ({count} {first}: checkpoint "
-            f"{tuple(state[first].shape)} vs model {tuple(own[first].shape)}){_pruned_hint(checkpoint)}"
+            f"{tuple(state[first].shape)} vs model {tuple(own[first].shape)})"
+            + _pruned_hint(checkpoint, tuple(state[first].shape), tuple(own[first].shape))
         )
     backbone_keys = [k for k in own if k.startswith("backbone.")]
     if backbone_keys and not any(k in state for k in backbone_keys):
