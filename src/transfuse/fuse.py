@@ -137,7 +137,7 @@ def task_pool(cfg: DictConfig, client: object, needs_source: bool) -> tuple:
 
     from transfuse.fusion.members import find_members, load_member, load_source
     from transfuse.fusion.tasks import TaskPool, match_members
-    from transfuse.tracking.datasets import CONTEXT_TAG, dataset_entity, source_inputs
+    from transfuse.tracking.datasets import CONTEXT_TAG, dataset_entity, with_sources
 
     modules = task_datamodules(cfg)
     entities = {name: dataset_entity(dm, name) for name, dm in modules.items()}
@@ -147,14 +147,8 @@ def task_pool(cfg: DictConfig, client: object, needs_source: bool) -> tuple:
     first = next(iter(modules.values()))
     source = load_source(client, members, first.class_names) if needs_source else None
     pool = TaskPool.predict(list(modules), members, list(modules.values()), source)
-    inputs = [DatasetInput(e, [InputTag(CONTEXT_TAG, "eval")]) for e in entities.values()]
-    seen = {(e.name, e.digest) for e in entities.values()}
-    for run in runs:
-        for given in source_inputs(client, run.info.run_id):
-            if (given.dataset.name, given.dataset.digest) not in seen:
-                seen.add((given.dataset.name, given.dataset.digest))
-                inputs.append(given)
-    return pool, runs, inputs, modules
+    own = [DatasetInput(e, [InputTag(CONTEXT_TAG, "eval")]) for e in entities.values()]
+    return pool, runs, with_sources(client, own, [r.info.run_id for r in runs]), modules
 
 
 def fuse_one(

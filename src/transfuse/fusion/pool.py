@@ -22,6 +22,16 @@ def batches(images: Tensor, size: int = 256) -> list[Tensor]:
     return [images[i : i + size] for i in range(0, len(images), size)]
 
 
+def fisher_batches(
+    member: Member, raw: Tensor, labels: Tensor, true_labels: bool
+) -> tuple[list[Tensor], list[Tensor] | None]:
+    """Raw images through ``member``'s transform in batches of 64 (on its device), with their labels when
+    ``true_labels``: what :func:`~transfuse.fusion.merging.diagonal_fisher` takes."""
+    device = next(member.net.parameters()).device
+    inputs = [member.transform(batch.to(device), train=False) for batch in batches(raw, 64)]
+    return inputs, (batches(labels, 64) if true_labels else None)
+
+
 @dataclass
 class Pool:
     """What is fused: the members, the raw images and labels of each split, the members' logits on the
@@ -73,11 +83,7 @@ class Pool:
     def fisher_inputs(self, i: int, count: int, true_labels: bool) -> tuple[list[Tensor], list[Tensor] | None]:
         """Member ``i``'s network inputs for its Fisher information: the first ``count`` training images through
         its transform, in batches, with their labels when ``true_labels``."""
-        member = self.members[i]
-        raw, labels = self.images["train"][:count], self.labels["train"][:count]
-        device = next(member.net.parameters()).device
-        inputs = [member.transform(batch.to(device), train=False) for batch in batches(raw, 64)]
-        return inputs, (batches(labels, 64) if true_labels else None)
+        return fisher_batches(self.members[i], self.images["train"][:count], self.labels["train"][:count], true_labels)
 
     @classmethod
     def predict(

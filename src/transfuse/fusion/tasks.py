@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from transfuse.errors import FusionError
 from transfuse.fusion.fused import Fused
 from transfuse.fusion.members import Classifier, Member
-from transfuse.fusion.pool import batches
+from transfuse.fusion.pool import batches, fisher_batches
 
 
 @dataclass
@@ -125,10 +125,7 @@ class TaskPool:
     def fisher_inputs(self, i: int, count: int, true_labels: bool) -> tuple[list[Tensor], list[Tensor] | None]:
         """Member ``i``'s inputs for its Fisher information: the first ``count`` training images of its own task."""
         task = self.tasks[i]
-        raw, labels = task.images["train"][:count], task.labels["train"][:count]
-        device = next(task.member.net.parameters()).device
-        inputs = [task.member.transform(b.to(device), train=False) for b in batches(raw, 64)]
-        return inputs, (batches(labels, 64) if true_labels else None)
+        return fisher_batches(task.member, task.images["train"][:count], task.labels["train"][:count], true_labels)
 
     @classmethod
     def predict(

@@ -111,7 +111,12 @@ def run_inputs(
 ) -> list[DatasetInput]:
     """A run's own datasets, then those its source runs (or fusion members) trained on, each dataset once: MLflow
     keeps one input per dataset (name and digest) and run, so the first context given wins."""
-    found = own_inputs(datamodule, names, fits)
+    return with_sources(client, own_inputs(datamodule, names, fits), source_runs)
+
+
+def with_sources(client: MlflowClient, own: list[DatasetInput], source_runs: list[str]) -> list[DatasetInput]:
+    """``own`` inputs, then those the source runs trained on, each dataset (name and digest) once."""
+    found = list(own)
     for run_id in dict.fromkeys(source_runs):
         found += source_inputs(client, run_id)
     seen, unique = set(), []
