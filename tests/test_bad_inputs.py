@@ -96,12 +96,13 @@ CASES: dict[str, Callable[[Path], tuple[str, list[str]]]] = {
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, _empty_store: Path) -> dict[str, tuple[Path, str]]:
+def outcomes(module_dir: Path, _empty_store: Path) -> dict[str, tuple[Path, str]]:
     """``{case: (its folder, the one error line)}`` after running every case's command, two at a time; checks
     that each failed with a single error line on stderr and no traceback."""
     commands = {}
     for name, make in CASES.items():
-        folder = tmp_path_factory.mktemp(name)
+        folder = module_dir / name
+        folder.mkdir()
         shutil.copyfile(_empty_store, folder / "mlflow.db")
         commands[name] = (folder, *make(folder))
 

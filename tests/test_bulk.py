@@ -19,10 +19,10 @@ from transfuse.tracking.store import VALUE_INDEXES, open_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, _empty_store: Path) -> tuple[MlflowClient, list[str]]:
+def store(module_dir: Path, _empty_store: Path) -> tuple[MlflowClient, list[str]]:
     """Two experiments of runs of every status, one deleted, one nameless, one with a NaN metric, one without
     the ``stage`` tag; start times one minute apart. The tests only read it."""
-    path = tmp_path_factory.mktemp("bulk") / "mlflow.db"
+    path = module_dir / "mlflow.db"
     shutil.copyfile(_empty_store, path)
     client = MlflowClient(f"sqlite:///{path}")
     ids = [client.create_experiment("a"), client.create_experiment("b")]

@@ -24,9 +24,9 @@ DATA = ["data=synthetic", "data.per_class=24"]
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
+def zoo(module_dir):
     """A source pretraining and two fine-tunes of it (other seed and learning rate), all FINISHED."""
-    root = tmp_path_factory.mktemp("zoo")
+    root = module_dir
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
     experiment = "zoo"

@@ -68,9 +68,9 @@ def _page_text(chromium: str, url: str, profile: Path, expected: list[str]) -> s
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(module_dir):
     """A pretraining on shapes and a fine-tune of it on other shapes, in one SQLite store."""
-    root = tmp_path_factory.mktemp("ui")
+    root = module_dir
     uri = f"sqlite:///{root}/mlflow.db"
     common = [*FAST, "trainer.max_epochs=1", f"logger.tracking_uri={uri}", "logger.experiment_name=ui"]
     train(compose_config(common, root / "pretrain"))

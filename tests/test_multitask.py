@@ -194,8 +194,8 @@ SYNTHETIC = "{name: synthetic, per_class: 24}"  # as the members' FAST config bu
 
 
 @pytest.fixture(scope="module")
-def task_zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tasks")
+def task_zoo(module_dir):
+    root = module_dir
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
     counter = itertools.count()

@@ -107,9 +107,9 @@ def _new_environment(env: Path, wheel: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def installed(module_dir: Path) -> tuple[Path, Path]:
     """(the new environment, the wheel it installed)."""
-    folder = tmp_path_factory.mktemp("package")
+    folder = module_dir
     wheel = _build_wheel(folder / "dist")
     _new_environment(folder / "env", wheel)
     return folder / "env", wheel

@@ -83,10 +83,11 @@ def shim_dir(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def readme_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def readme_store(module_dir: Path) -> tuple[Path, str]:
     """A folder where the shortened demo and then the README's commands ran; (folder, their output)."""
-    work = tmp_path_factory.mktemp("newcomer")
-    shims = shim_dir(work.parent / f"{work.name}-bin")
+    work = module_dir / "newcomer"
+    work.mkdir()
+    shims = shim_dir(module_dir / "bin")
     env = {
         **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
         "PATH": f"{shims}:{BIN}:{os.environ['PATH']}",

@@ -323,9 +323,9 @@ ONE_STEP = [
 
 
 @pytest.fixture(scope="module")
-def stand_in(tmp_path_factory) -> Path:
+def stand_in(module_dir) -> Path:
     """A stand-in for ImageNet or DomainNet: 240 JPEGs of mixed sizes in 4 classes."""
-    return _jpegs(tmp_path_factory.mktemp("full_scale") / "stand_in", classes=4, per_class=60, low=24, high=96)
+    return _jpegs(module_dir / "stand_in", classes=4, per_class=60, low=24, high=96)
 
 
 def _overrides(experiment: str, folder: Path, tmp_path: Path) -> list[str]:
