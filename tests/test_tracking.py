@@ -40,3 +40,27 @@ def test_a_crash_inside_the_run_ends_it_failed_with_the_error(tracking_uri):
     finished = MlflowClient(tracking_uri).get_run(run.run_id)
     assert finished.info.status == "FAILED"
     assert finished.data.tags["error"] == "RuntimeError: boom"
+
+
+def test_a_run_writes_nothing_into_the_working_directory(tracking_uri, tmp_path, monkeypatch):
+    # MLflow's default store is ./mlflow.db: a job that touched it would create a second store wherever it was
+    # launched, unlocked, from every job of a parallel sweep at once (it once broke a schema migration that way)
+    from mlflow.tracking._tracking_service import utils
+
+    elsewhere = tmp_path / "launched_here"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # the process's default store, new to this process (MLflow caches one store object per URI)
+    monkeypatch.setattr(utils, "_tracking_uri", f"sqlite:///{elsewhere}/default.db")
+    with tracked_run(tracking_uri, "logging", "tidy") as run:  # no Lightning logger: it would point MLflow's
+        run.client.log_metric(run.run_id, "val/acc", 0.5)  # default at the run's store as it starts
+    assert list(elsewhere.iterdir()) == []
+    assert MlflowClient(tracking_uri).get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_points_queued_by_an_asynchronous_logger_land_before_the_run_finishes(tracking_uri):
+    with tracked_run(tracking_uri, "logging", "queued") as run:
+        logger = run.logger(flush_every_s=0.0, synchronous=False)
+        for step in range(50):
+            logger.log_metrics({"train/loss": float(step)}, step=step)
+    assert _history(MlflowClient(tracking_uri), run.run_id, "train/loss") == [(s, float(s)) for s in range(50)]

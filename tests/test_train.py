@@ -75,6 +75,7 @@ def test_pretrain_run_is_fully_tracked(pretrained, tmp_path):
     assert {"config.yaml", "checkpoints"} <= artifacts
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # the local copies went when the run finished
     # last.ckpt is the state at the end of fit, whichever epoch was best
     last = torch.load(
         client.download_artifacts(run.info.run_id, "checkpoints/last.ckpt", str(tmp_path / "last")), weights_only=False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -170,7 +171,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             run.log_metrics(score_model(model, datamodule, source_head=source_head))
         checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
         if cfg.stage.fit:
-            saver = ResumeCheckpoints(checkpoints / "resume.ckpt", run, **cfg.checkpoint)
+            every = {key: cfg.checkpoint[key] for key in ("every_n_epochs", "every_minutes")}
+            saver = ResumeCheckpoints(checkpoints / "resume.ckpt", run, **every)
             callbacks += [saver, Preemption(), StepLogInterval()]
         logger = run.logger(**cfg.logger.metrics)
         if resumed is not None:
@@ -194,6 +196,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | run.logged_scores | last
         if cfg.stage.fit and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score:
             metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(trainer.checkpoint_callback.best_model_score)
+    if not cfg.checkpoint.keep_local and is_rank_zero():  # the FINISHED run holds them
+        shutil.rmtree(checkpoints, ignore_errors=True)
     log.info(result_table(f"results of run {run.name}:", metrics))
     return metrics
 

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, Param, Run, RunStatus
 from omegaconf import DictConfig, OmegaConf
@@ -305,7 +304,7 @@ def tracked_run(
         try:
             heartbeat.stop()
             run.sender.close()  # what was queued (a preempted fit's checkpoint) lands before the status
-            mlflow.flush_async_logging()  # metrics queued by an asynchronous logger land before the status
+            flush_queued(client)  # metrics queued by an asynchronous logger land before the status
             client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:MAX_PARAM_LENGTH])
             if isinstance(err, Preempted):
                 client.set_tag(run_id, PREEMPTED_TAG, "true")
@@ -314,5 +313,15 @@ def tracked_run(
         raise
     heartbeat.stop()
     run.sender.close()
-    mlflow.flush_async_logging()
+    flush_queued(client)
     client.set_terminated(run_id, "FINISHED")
+
+
+def flush_queued(client: MlflowClient) -> None:
+    """Land what an asynchronous logger (``logger.metrics.synchronous=false``) queued for the run's own store.
+
+    ``mlflow.flush_async_logging()`` flushes the process's default store instead: another queue, and with no
+    ``MLFLOW_TRACKING_URI`` it creates ``./mlflow.db`` in the working directory, unlocked, from every job of a
+    parallel sweep at once. MLflow keeps one store object per URI, so the client's store holds the queue.
+    """
+    client._tracking_client.store.flush_async_logging()
