@@ -133,9 +133,37 @@ def test_a_preempted_job_asks_its_scheduler_to_requeue_it(tmp_path, monkeypatch)
     monkeypatch.setenv("SLURM_PROCID", "1")  # another task of the job: rank 0 asks for the job
     assert _requeue(signal.SIGUSR2) == 128 + signal.SIGUSR2 and len(calls.read_text().splitlines()) == 2
     monkeypatch.delenv("SLURM_PROCID")
+    # a time limit before this launch saved a checkpoint: a requeue would repeat it, forever; a preemption is not
+    assert _requeue(signal.SIGUSR2, progressed=False) == 128 + signal.SIGUSR2
+    assert len(calls.read_text().splitlines()) == 2
+    assert _requeue(signal.SIGTERM, progressed=False) == 128 + signal.SIGTERM
+    assert len(calls.read_text().splitlines()) == 3
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")  # submitit's controller starts the job again on this status
     assert _requeue(signal.SIGUSR2) == LOCAL_REQUEUE_RETURN_CODE
+    assert _requeue(signal.SIGUSR2, progressed=True) == LOCAL_REQUEUE_RETURN_CODE
+    assert _requeue(signal.SIGUSR2, progressed=False) == 128 + signal.SIGUSR2
     assert _requeue(signal.SIGTERM) == 128 + signal.SIGTERM  # someone stopping a local job: it stays stopped
+
+
+@pytest.mark.parametrize(("epoch", "progressed"), [(0, False), (1, True)])
+def test_a_fit_stopped_at_its_time_limit_says_whether_it_saved_a_checkpoint_first(
+    make_config, tmp_path, epoch, progressed
+):
+    from transfuse.errors import Preempted
+    from transfuse.train import train
+
+    stop = [
+        f"+callbacks.stop.{k}={v}"
+        for k, v in {"marker": tmp_path / "sent", "epoch": epoch, "signal": "SIGUSR2"}.items()
+    ]
+    cfg = make_config(*TINY, "trainer.max_epochs=2", "+callbacks.stop._target_=tests.helpers.SignalOnce", *stop)
+    before = signal.getsignal(signal.SIGUSR2)
+    with pytest.raises(Preempted) as stopped:
+        train(cfg)
+    assert stopped.value.signum == signal.SIGUSR2 and stopped.value.progressed is progressed
+    assert signal.getsignal(signal.SIGUSR2) == before  # the process has its own handler back
+    (run,) = MlflowClient(cfg.logger.tracking_uri).search_runs(["0", "1"])
+    assert run.info.status == "KILLED" and run.data.tags["preempted"] == "true"
 
 
 @pytest.mark.slow

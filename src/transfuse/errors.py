@@ -41,6 +41,8 @@ class Preempted(BaseException):
 
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+        #: whether this launch saved a resumable checkpoint before the signal (None: not known, e.g. no fit)
+        self.progressed: bool | None = None
 
 
 class StoreError(TransfuseError):

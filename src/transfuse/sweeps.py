@@ -149,8 +149,15 @@ def run_or_reuse(
     return task(cfg)
 
 
-def _requeue(signum: int) -> int:
+#: the signals a scheduler sends ahead of a job's time limit (``sbatch --signal``); SIGTERM is a preemption
+TIME_LIMIT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _requeue(signum: int, progressed: bool | None = None) -> int:
     """Ask the scheduler running this preempted job to queue it again; returns the status the job exits with.
+
+    Not at a time limit that came before this launch saved any checkpoint (``progressed`` False): its epochs are
+    longer than the time the job has, so each requeue would start over from the same checkpoint, forever.
 
     Called once the run has ended KILLED with its checkpoint uploaded, so the requeued job never races this one
     for the run. Under Slurm: ``scontrol requeue``, what submitit's own SIGUSR2 handler does (the Preemption
@@ -159,6 +166,8 @@ def _requeue(signum: int) -> int:
     controller starts the job again, the local stand-in for a Slurm requeue; SIGTERM or SIGUSR1 there is someone
     stopping the job, which stays stopped.
     """
+    if progressed is False and signum in TIME_LIMIT_SIGNALS:
+        return 128 + signum
     if os.environ.get("SUBMITIT_EXECUTOR") == "local":
         from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
@@ -199,11 +208,20 @@ def run_job(
         check_job_overrides(cfg)  # a typo taken as a new key (+optimzer.lr=0.1) would be silently ignored
         metrics = run_or_reuse(cfg, task) if reuse else task(cfg)
     except Preempted as err:
-        status = _requeue(err.signum)
-        print(
-            f"{prog}: preempted ({err}): the run saved its last full checkpoint; relaunch the same command to resume",
-            file=sys.stderr,
-        )
+        status = _requeue(err.signum, err.progressed)
+        if err.progressed is False and err.signum in TIME_LIMIT_SIGNALS:
+            print(
+                f"{prog}: preempted ({err}) before this launch saved a checkpoint, so not requeued (it would only "
+                "repeat): give the job more time (hydra.launcher.timeout_min) or shorter epochs "
+                "(trainer.limit_train_batches), then relaunch the same command to resume",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"{prog}: preempted ({err}): the run saved its last full checkpoint; relaunch the same command to "
+                "resume",
+                file=sys.stderr,
+            )
         raise SystemExit(status) from None
     except Exception as err:
         cause = input_error(err)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from transfuse.cli_help import print_help_if_asked
 from transfuse.config import CONF_DIR, is_none, register_resolvers
 from transfuse.console import quiet_libraries, result_table
-from transfuse.errors import ConfigError
+from transfuse.errors import ConfigError, Preempted
 from transfuse.launch import launch
 from transfuse.ranks import is_rank_zero, shared_checkpoint
 from transfuse.sweeps import config_hash, recipe_hash, run_job
@@ -173,7 +173,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.stage.fit:
             every = {key: cfg.checkpoint[key] for key in ("every_n_epochs", "every_minutes")}
             saver = ResumeCheckpoints(checkpoints / "resume.ckpt", run, **every)
-            callbacks += [saver, Preemption(), StepLogInterval()]
+            preemption = Preemption()
+            callbacks += [saver, preemption, StepLogInterval()]
         logger = run.logger(**cfg.logger.metrics)
         if resumed is not None:
             logger.skip_stored()
@@ -184,9 +185,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             state = shared_checkpoint(restore_files(run, checkpoints) if resumed is not None else None)
             try:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=state, weights_only=True)
-            except BaseException:
+            except BaseException as err:
                 saver.upload()  # a preempted or failed fit keeps its last full checkpoint in the run
+                if isinstance(err, Preempted):
+                    err.progressed = saver.saves > 0
                 raise
+            finally:
+                preemption.restore()
             seconds["time/fit_s"] = time.perf_counter() - start
             saver.discard()
             artifacts.log_checkpoints(run, trainer, checkpoints / "last.ckpt", cfg.last_checkpoint)

@@ -92,6 +92,8 @@ class ResumeCheckpoints(Callback):
         self._uploads = 0
         #: whether the file at ``path`` is newer than the uploaded one
         self.unsent = False
+        #: full checkpoints saved by this launch (none: a requeue at the time limit would only repeat it)
+        self.saves = 0
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # saved where Lightning's own last checkpoint is saved, which its loops resume from exactly
@@ -106,6 +108,7 @@ class ResumeCheckpoints(Callback):
         if trainer.is_global_zero:  # the one process that wrote the file
             os.replace(staging, self.path)  # a kill while writing leaves the previous checkpoint whole
         self._saved_at = time.monotonic()
+        self.saves += 1
         callback = trainer.checkpoint_callback
         self.best = callback.best_model_path if callback is not None and callback.best_model_path else None
         self.unsent = True
@@ -226,7 +229,12 @@ class Preemption(Callback):
     def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
         self._check()
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def restore(self) -> None:
+        """Give the process back the handlers it had before the fit; call it once ``fit`` has returned or raised.
+
+        Not a hook: Lightning's teardown, after every hook, puts back the handlers it found when the fit
+        started, this callback's among them, and a SIGTERM in the test phase would then be recorded, not obeyed.
+        """
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
