@@ -33,6 +33,15 @@ FAST = [
 ]
 
 
+#: the modules that take minutes (the README's commands, the shortened studies), run first: xdist's loadscope gives
+#: each worker a module at a time, in collection order, so one found last would run alone at the end of the suite
+FIRST = ("test_readme.py", "test_studies.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))
+
+
 def compose_config(overrides: list[str], root: Path) -> DictConfig:
     """Compose ``conf/train.yaml`` as the CLI would, with outputs and the MLflow store under ``root``."""
     return compose_train_config([f"logger.tracking_uri=sqlite:///{root}/mlflow.db", *overrides], root / "out")
