@@ -14,8 +14,9 @@ fi
 WORKERS="${TRANSFUSE_TEST_WORKERS:-2}"
 PARALLEL=()
 if [ "$WORKERS" != "0" ]; then
-  # loadscope keeps a module's tests (and its module-scoped fixtures, e.g. trained members) in one worker
-  PARALLEL=(-n "$WORKERS" --dist loadscope)
+  # loadscope keeps a module's tests (and its module-scoped fixtures, e.g. trained members) in one worker; modules
+  # go out in collection order (tests/conftest.py puts the minutes-long ones first), not xdist's by test count
+  PARALLEL=(-n "$WORKERS" --dist loadscope --no-loadscope-reorder)
 fi
 ruff check src tests scripts
 ruff format --check src tests scripts

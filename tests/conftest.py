@@ -34,7 +34,8 @@ FAST = [
 
 
 #: the modules that take minutes (the README's commands, the shortened studies), run first: xdist's loadscope gives
-#: each worker a module at a time, in collection order, so one found last would run alone at the end of the suite
+#: each worker a module at a time, in collection order (scripts/test.sh turns off its reordering by test count),
+#: so one found last would run alone at the end of the suite
 FIRST = ("test_readme.py", "test_studies.py")
 
 
