@@ -219,11 +219,12 @@ def test_cli_prints_one_line_for_a_wrong_run_id(tmp_path):
 def test_distilled_student_is_one_model_that_training_can_load(zoo, tmp_path):
     _, uri, source, _ = zoo
     student = ["backbone=test_resnet", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
-    _, metrics = _fuse(
+    cfg, metrics = _fuse(
         zoo, "fusion_method=distill", f"fusion_method.distill.student_init=runs:/{source.info.run_id}", *student
     )
     client, run = _latest(uri)
     assert run.info.status == "FINISHED" and run.data.tags["source_run_id"] == source.info.run_id
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))  # the run holds the student, the folder no copy
     assert "train/distill_loss" in run.data.metrics and len(client.get_metric_history(run.info.run_id, "val/acc")) >= 2
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {"plots/learning_curves.png"}
     # one student: the parameters of one test_resnet classifier, not of the two members

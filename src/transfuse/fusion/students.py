@@ -6,6 +6,7 @@ The student is described by the fusion config's ``backbone``, ``head``, ``optimi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -49,4 +50,5 @@ class Students:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
         if best:
             model.load_state_dict(read_file(best)[0])
+            Path(best).unlink()  # the fusion's run saves the student it returns: a local copy would double it
         return model
