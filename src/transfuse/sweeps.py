@@ -153,11 +153,15 @@ def run_or_reuse(
 TIME_LIMIT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
-def _requeue(signum: int, progressed: bool | None = None) -> int:
-    """Ask the scheduler running this preempted job to queue it again; returns the status the job exits with.
+def _would_repeat(signum: int, progressed: bool | None) -> bool:
+    """A time limit that came before this launch saved any checkpoint: its epochs are longer than the time the
+    job has, so each requeue would start over from the same checkpoint, forever."""
+    return progressed is False and signum in TIME_LIMIT_SIGNALS
 
-    Not at a time limit that came before this launch saved any checkpoint (``progressed`` False): its epochs are
-    longer than the time the job has, so each requeue would start over from the same checkpoint, forever.
+
+def _requeue(signum: int, progressed: bool | None = None) -> int:
+    """Ask the scheduler running this preempted job to queue it again (unless :func:`_would_repeat`); returns the
+    status the job exits with.
 
     Called once the run has ended KILLED with its checkpoint uploaded, so the requeued job never races this one
     for the run. Under Slurm: ``scontrol requeue``, what submitit's own SIGUSR2 handler does (the Preemption
@@ -166,7 +170,7 @@ def _requeue(signum: int, progressed: bool | None = None) -> int:
     controller starts the job again, the local stand-in for a Slurm requeue; SIGTERM or SIGUSR1 there is someone
     stopping the job, which stays stopped.
     """
-    if progressed is False and signum in TIME_LIMIT_SIGNALS:
+    if _would_repeat(signum, progressed):
         return 128 + signum
     if os.environ.get("SUBMITIT_EXECUTOR") == "local":
         from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
@@ -209,7 +213,7 @@ def run_job(
         metrics = run_or_reuse(cfg, task) if reuse else task(cfg)
     except Preempted as err:
         status = _requeue(err.signum, err.progressed)
-        if err.progressed is False and err.signum in TIME_LIMIT_SIGNALS:
+        if _would_repeat(err.signum, err.progressed):
             print(
                 f"{prog}: preempted ({err}) before this launch saved a checkpoint, so not requeued (it would only "
                 "repeat): give the job more time (hydra.launcher.timeout_min) or shorter epochs "
